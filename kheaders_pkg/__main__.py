@@ -1,0 +1,5 @@
+import sys
+
+from kheaders_pkg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,377 @@
+"""The command line: arguments, output, exit codes. The work lives in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from kheaders_pkg import __version__
+from kheaders_pkg.errors import ExitCode, KheadersError
+
+log = logging.getLogger("kheaders-pkg")
+
+EPILOG = """\
+exit codes:
+  0  done; for check: headers are fresh (ours, or a distro tree that matches)
+  1  internal error (a bug: please report it, with -vv output)
+  2  usage error
+  3  check: headers are missing or stale; `sync` would regenerate them
+  4  a tree we do not own is stale; left alone (see foreign = "divert")
+  5  unsupported: the kernel has no CONFIG_IKHEADERS, or no archive can be had
+  6  the headers archive is corrupt, hostile or over a limit; nothing published
+  7  the kernel's files (notes, config, image, module) are unreadable or malformed
+  8  filesystem: read-only, full, permission denied or an unsafe path; previous tree kept
+  9  busy: another run held the lock past lock_timeout
+ 10  the configuration file is invalid
+ 11  emitting or registering a package failed
+ 12  the package manager is busy: the registration is queued for the next run
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kheaders-pkg",
+        description="Keep /lib/modules/$KVER/build matching the running kernel, from its own "
+        "CONFIG_IKHEADERS archive.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"kheaders-pkg {__version__}")
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=Path("/"),
+        help="target filesystem holding lib/modules, usr/src, etc, var (default /)",
+    )
+    p.add_argument(
+        "--kernel-fs",
+        type=Path,
+        default=Path("/"),
+        help="where the running kernel's sys/ and proc/ are read from (default /)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="configuration file (default ROOT/etc/kheaders-pkg.toml)",
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more output (twice: debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def kernel_arg(sp: argparse.ArgumentParser, required: bool = False) -> None:
+        sp.add_argument(
+            "--kernel",
+            metavar="KVER",
+            required=required,
+            help="a kernel that is not running, read from its files under --root",
+        )
+
+    s = sub.add_parser("status", help="show identities, the tree and the verdict")
+    kernel_arg(s)
+    s.add_argument("--json", action="store_true", help="one JSON object")
+
+    s = sub.add_parser("check", help="cheap boot-time check; exit code says what to do")
+    kernel_arg(s)
+    s.add_argument(
+        "--condition",
+        action="store_true",
+        help="systemd ExecCondition= mapping: exit 0 when sync is needed, 1 when not",
+    )
+
+    s = sub.add_parser("sync", help="regenerate the tree when it is missing or stale")
+    kernel_arg(s)
+    s.add_argument("--dry-run", action="store_true", help="say what would be done")
+    s.add_argument("--force", action="store_true", help="regenerate even when fresh")
+    s.add_argument("--archive", type=Path, help="use this kheaders.tar.xz instead of the kernel's")
+
+    sub.add_parser("gc", help="remove generations nothing points to (keeps keep_generations)")
+
+    s = sub.add_parser("restore", help="put back links we diverted or replaced")
+    kernel_arg(s)
+
+    s = sub.add_parser("remove", help="a kernel is going away: remove our tree and links for it")
+    kernel_arg(s, required=True)
+
+    s = sub.add_parser("emit", help="build a .deb or .rpm of the generated tree")
+    kernel_arg(s)
+    s.add_argument("--format", choices=["deb", "rpm"], required=True)
+    s.add_argument("--out", type=Path, default=Path("."), help="output directory (default .)")
+
+    s = sub.add_parser("register", help="register the generated tree in the package database")
+    kernel_arg(s)
+    s.add_argument(
+        "--format",
+        choices=["deb", "rpm"],
+        default=None,
+        help="package format (default: detected from the root)",
+    )
+
+    s = sub.add_parser("hooks", help="install or remove the boot and package-manager hooks")
+    s.add_argument("action", choices=["install", "remove"])
+    s.add_argument(
+        "--system", default=None, help="debian, fedora, arch or generic (default: detect)"
+    )
+    return p
+
+
+def _layout_and_config(args: argparse.Namespace) -> tuple[Any, Any]:
+    from kheaders_pkg.config import load_config
+    from kheaders_pkg.layout import Layout
+
+    base = Layout(root=args.root, kernel_fs=args.kernel_fs)
+    config_path = args.config if args.config is not None else base.config_file()
+    config = load_config(config_path, required=args.config is not None)
+    layout = Layout(
+        root=args.root,
+        kernel_fs=args.kernel_fs,
+        trees_dir=config.trees_dir,
+        state_dir=config.state_dir,
+    )
+    return layout, config
+
+
+def _status_object(j: Any) -> dict[str, Any]:
+    ident = j.facts.identity
+    tree = j.tree
+
+    def link(ls: Any) -> dict[str, Any]:
+        return {
+            "path": str(ls.path),
+            "kind": ls.kind,
+            "target": ls.target,
+            "resolved": str(ls.resolved) if ls.resolved else None,
+            "problem": ls.problem,
+        }
+
+    identity: dict[str, Any] | None = None
+    if tree.stamp is not None:
+        identity = asdict(tree.stamp)
+    elif tree.foreign is not None:
+        identity = asdict(tree.foreign)
+    return {
+        "release": ident.release,
+        "uts_version": ident.uts_version,
+        "build_id": ident.build_id,
+        "config_sha256": ident.config_sha256,
+        "config_source": ident.config_source,
+        "ikheaders": ident.ikheaders,
+        "archive_sha256": ident.archive.sha256 if ident.archive else None,
+        "archive_size": ident.archive.size if ident.archive else None,
+        "archive_source": ident.archive.source if ident.archive else None,
+        "running": ident.running,
+        "tree": {
+            "path": str(tree.build.path),
+            "kind": tree.kind,
+            "target": tree.tree_inside,
+            "identity": identity,
+            "stamp_error": tree.stamp_error,
+            "owner": tree.owner,
+            "build": link(tree.build),
+            "source": link(tree.source),
+        },
+        "verdict": j.verdict.kind,
+        "reason": j.verdict.reason,
+        "differs": list(j.verdict.differs),
+        "evidence": list(j.verdict.evidence),
+        "remarks": list(ident.remarks),
+    }
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from kheaders_pkg.sync import judge
+
+    layout, _ = _layout_and_config(args)
+    j = judge(layout, args.kernel, digest=True)
+    obj = _status_object(j)
+    if args.json:
+        print(json.dumps(obj, indent=1, default=str))
+        return 0
+    ident = j.facts.identity
+    cfg = f"{(ident.config_sha256 or 'unknown')[:16]} ({ident.config_source or 'none'})"
+    print(f"kernel:  {ident.release}{'' if ident.running else ' (not running)'}")
+    print(f"  build id: {ident.build_id or 'none'}")
+    print(f"  config:   {cfg}")
+    if ident.archive:
+        digest = (ident.archive.sha256 or "not read")[:16]
+        print(f"  archive:  {ident.archive.path} ({ident.archive.source}, {digest})")
+    else:
+        print(f"  archive:  none (CONFIG_IKHEADERS={ident.ikheaders or 'unknown'})")
+    t = j.tree
+    target = f" -> {t.tree_inside}" if t.tree_inside else ""
+    owner = f", owned by {t.owner}" if t.owner else ""
+    print(f"tree:    {t.build.path}{target} ({t.kind}{owner})")
+    print(f"verdict: {j.verdict.kind}: {j.verdict.reason}")
+    for r in ident.remarks:
+        print(f"  note: {r}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from kheaders_pkg.sync import judge
+
+    layout, _ = _layout_and_config(args)
+    j = judge(layout, args.kernel)
+    if not args.quiet:
+        print(f"{j.verdict.kind}: {j.verdict.reason}")
+    code = int(j.verdict.exit_code)
+    if args.condition:
+        # systemd ExecCondition=: 0 runs ExecStart, 1-254 skips it quietly (systemd.service(5)).
+        return 0 if j.verdict.needs_sync else 1
+    return code
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from kheaders_pkg.sync import sync
+
+    layout, config = _layout_and_config(args)
+    r = sync(
+        layout,
+        config,
+        release=args.kernel,
+        force=args.force,
+        dry_run=args.dry_run,
+        archive_file=args.archive,
+    )
+    v = r.before.verdict
+    if r.action == "nothing":
+        log.info("nothing to do: %s", v.reason)
+        if not args.quiet:
+            print(f"{v.kind}: {v.reason}")
+        return 0
+    if r.action in ("would-regenerate", "would-divert"):
+        print(f"{v.kind}: {v.reason}; would regenerate from {_archive_desc(r)}")
+        return 0
+    if r.action == "left-foreign":
+        print(f'{v.kind}: {v.reason}; would regenerate with foreign = "divert"')
+        return int(ExitCode.FOREIGN_STALE)
+    after = r.after
+    if not args.quiet:
+        print(f"regenerated {r.generation} ({v.kind}: {v.reason})")
+        if after is not None:
+            print(f"{after.kind}: {after.reason}")
+    if after is not None and after.needs_sync:
+        return int(after.exit_code)
+    _after_sync_packaging(layout, config, r)
+    return 0
+
+
+def _archive_desc(r: Any) -> str:
+    a = r.before.facts.identity.archive
+    return f"{a.path} ({a.source})" if a else "no archive"
+
+
+def _after_sync_packaging(layout: Any, config: Any, r: Any) -> None:
+    if not config.emit:
+        return
+    from kheaders_pkg.distro import emit_and_register
+
+    emit_and_register(layout, config, r.before.facts.identity.release, r.generation)
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from kheaders_pkg.sync import gc_all
+
+    layout, config = _layout_and_config(args)
+    removed = gc_all(layout, config)
+    if not args.quiet:
+        print(f"removed {len(removed)} unused generation(s)")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from kheaders_pkg.sync import restore
+
+    layout, config = _layout_and_config(args)
+    done = restore(layout, config, args.kernel)
+    if not args.quiet:
+        print("restored: " + (", ".join(done) if done else "nothing to restore"))
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from kheaders_pkg.sync import remove
+
+    layout, config = _layout_and_config(args)
+    removed = remove(layout, config, args.kernel)
+    if not args.quiet:
+        print(f"removed {len(removed)} path(s) for {args.kernel}")
+    return 0
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    from kheaders_pkg.distro import emit_command
+
+    layout, config = _layout_and_config(args)
+    path = emit_command(layout, args.kernel, args.format, args.out)
+    print(path)
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from kheaders_pkg.distro import register_command
+
+    layout, config = _layout_and_config(args)
+    msg = register_command(layout, config, args.kernel, args.format)
+    if not args.quiet:
+        print(msg)
+    return 0
+
+
+def cmd_hooks(args: argparse.Namespace) -> int:
+    from kheaders_pkg.hooks import hooks_command
+
+    layout, _ = _layout_and_config(args)
+    for line in hooks_command(layout, args.action, args.system):
+        if not args.quiet:
+            print(line)
+    return 0
+
+
+COMMANDS = {
+    "status": cmd_status,
+    "check": cmd_check,
+    "sync": cmd_sync,
+    "gc": cmd_gc,
+    "restore": cmd_restore,
+    "remove": cmd_remove,
+    "emit": cmd_emit,
+    "register": cmd_register,
+    "hooks": cmd_hooks,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from kheaders_pkg.log import setup
+
+    args = build_parser().parse_args(argv)
+    setup(-1 if args.quiet else args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except KheadersError as e:
+        print(f"kheaders-pkg: error: {e}", file=sys.stderr)
+        return int(e.exit_code)
+    except KeyboardInterrupt:
+        print(
+            "kheaders-pkg: interrupted; nothing half-published (staging is cleaned next run)",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as e:  # a bug: one line unless asked for the traceback
+        if args.verbose:
+            raise
+        print(
+            f"kheaders-pkg: internal error: {type(e).__name__}: {e} (run with -v for details)",
+            file=sys.stderr,
+        )
+        return int(ExitCode.INTERNAL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

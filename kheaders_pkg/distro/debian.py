@@ -1,0 +1,193 @@
+"""dpkg: Debian, Ubuntu and their derivatives."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from debian_inspector import debcon
+
+from kheaders_pkg.distro.base import Owner, PackageFamily, path_aliases
+from kheaders_pkg.distro.contents import (
+    installed_size_kib,
+    stage,
+    tree_directories,
+    verified_files,
+)
+from kheaders_pkg.distro.identity import TreePackage, deb_package_name, tree_package
+from kheaders_pkg.distro.queue import first_held
+from kheaders_pkg.distro.render import render
+from kheaders_pkg.distro.run import run
+from kheaders_pkg.errors import PackagingError
+from kheaders_pkg.layout import Layout
+
+ADMINDIR = "var/lib/dpkg"
+# apt and dpkg frontends take lock-frontend first, then dpkg takes lock (the database lock).
+LOCKS = ("lock-frontend", "lock")
+MAINTAINER = "kheaders-pkg (generated on this machine) <root@localhost>"
+# xz level for data.tar: headers are text; -z3 is within a few % of -z6 at a third of the time.
+XZ_LEVEL = 3
+
+
+def _admindir(layout: Layout) -> Path:
+    return layout.root / ADMINDIR
+
+
+def _dpkg_root_args(layout: Layout) -> list[str]:
+    """Point dpkg at the target root. Outside "/" our package has no maintainer scripts, so
+    running none in a chroot is no loss, and it keeps dpkg from needing a complete root."""
+    args = [f"--root={layout.root}", f"--admindir={_admindir(layout)}"]
+    if layout.root.resolve() != Path("/"):
+        args += [f"--log={layout.root / 'var/log/dpkg.log'}", "--force-script-chrootless"]
+    return args
+
+
+def architecture(layout: Layout) -> str:
+    """The target's native dpkg architecture: the first line of var/lib/dpkg/arch when dpkg wrote
+    it, else what the dpkg we run reports. Like Debian's own linux-headers packages, our package
+    takes the userland's architecture (an amd64 kernel on i386 userland ships i386 headers)."""
+    arch_file = _admindir(layout) / "arch"
+    try:
+        lines = arch_file.read_text().split()
+    except OSError:
+        lines = []
+    if lines:
+        return lines[0]
+    return run(["dpkg", "--print-architecture"]).strip()
+
+
+def _single_line(name: str, value: str) -> str:
+    if "\n" in value or not value.strip():
+        raise PackagingError(f"control field {name} would be empty or span lines: {value!r}")
+    return value
+
+
+def _control(package: TreePackage, arch: str, installed_size: int) -> str:
+    stamp = package.stamp
+    return render(
+        "deb/control.j2",
+        name=_single_line("Package", package.deb_name),
+        version=_single_line("Version", package.version),
+        architecture=_single_line("Architecture", arch),
+        maintainer=MAINTAINER,
+        installed_size=installed_size,
+        provides=package.provides_name,
+        release=package.release,
+        generation=package.generation,
+        id_kind=package.id_kind,
+        short_id=package.short_id,
+        tool_version=_single_line("tool_version", stamp.tool_version),
+        archive_source=str(stamp.archive_source),
+        archive_sha256=stamp.archive_sha256,
+        inside_dir=_single_line("path", package.inside_dir),
+    )
+
+
+class Dpkg(PackageFamily):
+    name = "dpkg"
+    format = "deb"
+
+    @classmethod
+    def present(cls, layout: Layout) -> bool:
+        return (_admindir(layout) / "status").is_file()
+
+    @classmethod
+    def busy(cls, layout: Layout) -> str | None:
+        return first_held(tuple(_admindir(layout) / lock for lock in LOCKS))
+
+    @classmethod
+    def owner(cls, layout: Layout, inside_path: str) -> Owner | None:
+        # The info/*.list files are what `dpkg -S` reads; reading them ourselves needs no dpkg
+        # binary (a Debian image inspected from another distro) and honours --root exactly.
+        wanted = path_aliases(layout, inside_path)
+        info = _admindir(layout) / "info"
+        if not info.is_dir():
+            return None
+        for listing in sorted(info.glob("*.list")):
+            try:
+                text = "\n" + listing.read_text(errors="replace")
+            except OSError:
+                continue
+            if not text.endswith("\n"):
+                text += "\n"
+            if any(f"\n{path}\n" in text for path in wanted):
+                package = listing.name.removesuffix(".list").split(":", 1)[0]
+                return Owner(cls.name, package, cls.installed_version(layout, package))
+        return None
+
+    @classmethod
+    def installed_version(cls, layout: Layout, package_name: str) -> str | None:
+        try:
+            status = (_admindir(layout) / "status").read_text(errors="replace")
+        except OSError:
+            return None
+        for paragraph in status.split("\n\n"):
+            if not paragraph.startswith(f"Package: {package_name}\n"):
+                continue
+            data = debcon.get_paragraph_data(paragraph)
+            state = str(data.get("status", "")).split()
+            if state[-1:] in (["not-installed"], ["config-files"]):
+                continue
+            version = data.get("version")
+            return str(version) if version else None
+        return None
+
+    @classmethod
+    def emit(cls, layout: Layout, tree: Path, out_dir: Path) -> Path:
+        package = tree_package(layout, tree)
+        arch = architecture(layout)
+        files = verified_files(tree)
+        directories = tree_directories(files) | _parents(package.inside_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        build = Path(tempfile.mkdtemp(dir=out_dir, prefix=".build-deb-"))
+        try:
+            staged = build / "root"
+            stage(tree, files, staged / package.inside_dir.lstrip("/"))
+            control_dir = staged / "DEBIAN"
+            control_dir.mkdir(mode=0o755)
+            control_dir.chmod(0o755)
+            size = installed_size_kib(files, len(directories) + 1)
+            (control_dir / "control").write_text(_control(package, arch, size))
+            prefix = package.inside_dir.lstrip("/")
+            md5s = [
+                {"md5": f.md5, "path": f"{prefix}/{f.path}"} for f in files if f.md5 is not None
+            ]
+            (control_dir / "md5sums").write_text(render("deb/md5sums.j2", files=md5s))
+            for name in ("control", "md5sums"):
+                (control_dir / name).chmod(0o644)
+            result = out_dir / f"{package.deb_name}_{package.version}_{arch}.deb"
+            run(
+                [
+                    "dpkg-deb",
+                    "--root-owner-group",
+                    "-Zxz",
+                    f"-z{XZ_LEVEL}",
+                    "--build",
+                    staged,
+                    result,
+                ]
+            )
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+        return result
+
+    @classmethod
+    def register(cls, layout: Layout, package: Path) -> None:
+        # dpkg has no database-only install: it unpacks the same bytes over the tree, file by
+        # file through rename, so a reader never sees a partial header.
+        run(["dpkg", *_dpkg_root_args(layout), "--install", package])
+
+    @classmethod
+    def unregister(cls, layout: Layout, release: str) -> None:
+        # dpkg cannot forget a package and keep its files: the package's tree goes with it.
+        name = deb_package_name(release)
+        if cls.installed_version(layout, name) is None:
+            return
+        run(["dpkg", *_dpkg_root_args(layout), "--remove", name])
+
+
+def _parents(inside_dir: str) -> set[str]:
+    """The directories above the tree that a .deb also carries (/usr, /usr/src, ...)."""
+    parts = inside_dir.strip("/").split("/")
+    return {"/".join(parts[:i]) for i in range(1, len(parts))}

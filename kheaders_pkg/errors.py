@@ -1,0 +1,87 @@
+"""One exception hierarchy; each class carries its documented exit code.
+
+Every error a user can cause ends as one line on stderr naming what was wrong and what was kept,
+never a traceback. The codes are part of the interface (README "Exit codes").
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0  # done; for `check`: the tree is fresh (ours or a matching distro tree)
+    INTERNAL = 1  # a bug: an unexpected exception (reported with a traceback only under -v)
+    USAGE = 2  # bad command line (argparse's own code)
+    NEEDS_SYNC = 3  # `check`: headers missing or stale, `sync` would regenerate them
+    FOREIGN_STALE = 4  # a tree we do not own does not match the kernel; left alone
+    UNSUPPORTED = 5  # the kernel has no CONFIG_IKHEADERS (or no archive can be had)
+    BAD_ARCHIVE = 6  # the headers archive is corrupt, hostile or over a limit; nothing published
+    BAD_KERNEL = 7  # the kernel's files (notes, config, image, module) are unreadable or malformed
+    FILESYSTEM = 8  # read-only, full, permission denied, unsafe path; previous tree kept
+    BUSY = 9  # another kheaders-pkg run holds the lock past the wait limit
+    CONFIG = 10  # /etc/kheaders-pkg.toml is invalid
+    PACKAGING = 11  # emitting or registering a package failed
+    QUEUED = 12  # the package manager is busy: the registration is queued, not lost
+
+
+class KheadersError(Exception):
+    """Base of every error we expect; `str()` is the one line the user sees."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+
+class UsageError(KheadersError):
+    exit_code = ExitCode.USAGE
+
+
+class UnsupportedError(KheadersError):
+    exit_code = ExitCode.UNSUPPORTED
+
+
+class ArchiveError(KheadersError):
+    """The archive is corrupt, hostile or over a limit."""
+
+    exit_code = ExitCode.BAD_ARCHIVE
+
+
+class KernelDataError(KheadersError):
+    """A kernel file (notes, config, image, module) is missing or malformed."""
+
+    exit_code = ExitCode.BAD_KERNEL
+
+
+class NotesError(KernelDataError):
+    pass
+
+
+class ELFError(KernelDataError):
+    pass
+
+
+class ImageError(KernelDataError):
+    pass
+
+
+class FilesystemError(KheadersError):
+    exit_code = ExitCode.FILESYSTEM
+
+
+class UnsafePathError(FilesystemError):
+    """A path would leave the root, follows a symlink it must not, or is owned by someone else."""
+
+
+class BusyError(KheadersError):
+    exit_code = ExitCode.BUSY
+
+
+class ConfigError(KheadersError):
+    exit_code = ExitCode.CONFIG
+
+
+class PackagingError(KheadersError):
+    exit_code = ExitCode.PACKAGING
+
+
+class QueuedError(KheadersError):
+    exit_code = ExitCode.QUEUED

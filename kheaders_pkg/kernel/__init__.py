@@ -1,0 +1,1 @@
+"""Readers of kernel files: notes, ELF, images, modules, config."""

@@ -1,0 +1,167 @@
+"""Make one complete generation: extract the archive, add what it lacks, stamp it, sync, rename.
+
+What the archive lacks and tools look for (background.md 1, 4): `.config` (bcc, dkms checks),
+`include/config/auto.conf` and `include/config/kernel.release` (systemtap reads the release there),
+and `vmlinux.id` (the build id as Fedora's kernel-devel ships it; systemtap matches on it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from kheaders_pkg import __version__
+from kheaders_pkg.errors import KheadersError, UnsupportedError
+from kheaders_pkg.extract import Entry, ExtractResult, extract_archive, render_manifest
+from kheaders_pkg.kernel.identity import ArchiveRef, KernelFacts
+from kheaders_pkg.kernel.kconfig import autoconf_disagreements, render_auto_conf
+from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
+from kheaders_pkg.publish import (
+    finish_generation,
+    fs_error,
+    generation_name,
+    generations,
+    new_staging,
+    remove_tree,
+    write_new_file,
+)
+from kheaders_pkg.stamp import ArchiveSource, Stamp
+
+log = logging.getLogger("kheaders-pkg")
+
+
+@dataclass(frozen=True)
+class NewGeneration:
+    path: Path  # on this machine
+    name: str
+    stamp: Stamp
+    warnings: tuple[str, ...]
+
+
+@contextmanager
+def open_archive(layout: Layout, archive: ArchiveRef) -> Iterator[BinaryIO]:
+    """A readable stream of the xz archive, wherever it comes from."""
+    if archive.source is ArchiveSource.MODULE:
+        from kheaders_pkg.kernel.kmod import kheaders_archive_from_module
+
+        yield io.BytesIO(kheaders_archive_from_module(archive.path))
+        return
+    if archive.source is ArchiveSource.SYSFS and not archive.path.exists():
+        # CONFIG_IKHEADERS=m: the file appears once kheaders.ko is loaded (live kernels only).
+        from kheaders_pkg.kernel.kmodload import module_loaded
+
+        with module_loaded("kheaders", layout.kernel.modules, archive.path):
+            if not archive.path.exists():
+                raise UnsupportedError(f"{archive.path} did not appear after loading kheaders")
+            with open(archive.path, "rb") as f:
+                yield f
+        return
+    with open(archive.path, "rb") as f:
+        yield f
+
+
+def _entry(path: str, data: bytes) -> Entry:
+    return Entry(
+        path=path, kind="f", size=len(data), sha256=hashlib.sha256(data).hexdigest(), target=None
+    )
+
+
+def added_files(facts: KernelFacts) -> dict[str, bytes]:
+    ident = facts.identity
+    files: dict[str, bytes] = {"include/config/kernel.release": ident.release.encode() + b"\n"}
+    if facts.config is not None:
+        files[".config"] = facts.config
+        files["include/config/auto.conf"] = render_auto_conf(facts.config)
+    if ident.build_id is not None:
+        files["vmlinux.id"] = ident.build_id.encode() + b"\n"
+    return files
+
+
+def build_generation(
+    layout: Layout,
+    facts: KernelFacts,
+    archive: ArchiveRef,
+    *,
+    previous: Path | None,
+) -> NewGeneration:
+    """Extract into a private staging directory and publish it as the next generation.
+
+    On any failure the staging directory is removed and nothing visible has changed.
+    """
+    ident = facts.identity
+    release = ident.release
+    staging = new_staging(layout, release)
+    try:
+        with open_archive(layout, archive) as stream:
+            result: ExtractResult = extract_archive(stream, staging, previous=previous)
+        warnings: list[str] = []
+        autoconf = staging / "include/generated/autoconf.h"
+        if facts.config is not None and autoconf.is_file():
+            diffs = autoconf_disagreements(facts.config, autoconf.read_bytes())
+            if diffs:
+                warnings.append(
+                    f"the archive's autoconf.h disagrees with the running config on {len(diffs)} "
+                    f"options (e.g. {', '.join(diffs[:3])}): a known kbuild bug; .config and "
+                    "auto.conf follow the running config"
+                )
+        extra = added_files(facts)
+        for rel, data in extra.items():
+            write_new_file(staging, rel, data)
+        entries = sorted(
+            [*result.entries, *(_entry(rel, data) for rel, data in extra.items())],
+            key=lambda e: e.path,
+        )
+        manifest = render_manifest(entries).encode()
+        write_new_file(staging, MANIFEST_NAME, manifest)
+        gens = generations(layout, release)
+        number = (gens[-1].number + 1) if gens else 1
+        name = generation_name(number, ident.build_id or result.archive_sha256)
+        stamp = Stamp(
+            release=release,
+            uts_version=ident.uts_version,
+            build_id=ident.build_id,
+            config_sha256=ident.config_sha256,
+            config_source=ident.config_source,
+            archive_sha256=result.archive_sha256,
+            archive_size=result.archive_size,
+            archive_source=archive.source,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            generation=number,
+            file_count=len(entries),
+            manifest_sha256=hashlib.sha256(manifest).hexdigest(),
+            tool_version=__version__,
+        )
+        # The stamp goes last: a tree with a stamp is a complete tree.
+        write_new_file(staging, STAMP_NAME, stamp.to_json().encode())
+        path = finish_generation(layout, release, staging, name)
+    except KheadersError:
+        _discard(staging)
+        raise
+    except OSError as e:
+        _discard(staging)
+        raise fs_error(
+            f"regenerating headers for {release} failed at {e.filename or staging}", e
+        ) from None
+    except BaseException:
+        _discard(staging)
+        raise
+    for w in warnings:
+        log.warning("%s", w)
+    return NewGeneration(path, name, stamp, tuple(warnings))
+
+
+def _discard(staging: Path) -> None:
+    try:
+        remove_tree(staging)
+    except OSError as e:  # the next run's clean-up removes it
+        log.warning("could not remove %s (%s); the next run removes it", staging, e.strerror)
+    if os.path.lexists(staging):
+        log.warning("staging directory %s left behind", staging)

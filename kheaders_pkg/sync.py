@@ -1,0 +1,294 @@
+"""The jobs: look (status), act (sync), clean (gc), undo (restore, remove). Orchestration only."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from kheaders_pkg.config import Config, ForeignPolicy
+from kheaders_pkg.errors import FilesystemError, KheadersError, UnsafePathError, UnsupportedError
+from kheaders_pkg.kernel.identity import (
+    KernelFacts,
+    disk_facts,
+    live_facts,
+    require_archive,
+    sha256_file,
+    with_archive_file,
+)
+from kheaders_pkg.layout import Layout, LinkName
+from kheaders_pkg.publish import (
+    clean_leftovers,
+    drop_record,
+    fs_error,
+    gc,
+    generations,
+    locked,
+    read_record,
+    remove_tree,
+    swap_link,
+    write_record,
+)
+from kheaders_pkg.stamp import ArchiveSource
+from kheaders_pkg.tree import TreeKind, TreeState, tree_state
+from kheaders_pkg.verdict import Verdict, VerdictKind, decide
+
+log = logging.getLogger("kheaders-pkg")
+
+
+@dataclass(frozen=True)
+class Judgement:
+    facts: KernelFacts
+    tree: TreeState
+    verdict: Verdict
+
+
+def kernel_facts(
+    layout: Layout, release: str | None, archive_file: Path | None = None, *, want_btf: bool = False
+) -> KernelFacts:
+    facts = (
+        disk_facts(layout, release)
+        if release is not None
+        else live_facts(layout, want_btf=want_btf)
+    )
+    if archive_file is not None:
+        facts = with_archive_file(facts, archive_file)
+    elif facts.identity.archive is None and facts.identity.running and not _is_live(layout):
+        # A copied sysroot of a CONFIG_IKHEADERS=m kernel: nothing to modprobe; take the module
+        # installed for that release under --root, if any.
+        from kheaders_pkg.kernel.identity import ArchiveRef
+        from kheaders_pkg.kernel.kmod import find_module
+
+        ko = find_module(layout.kernel_module(facts.identity.release, "").parent, "kheaders")
+        if ko is not None:
+            facts = KernelFacts(
+                replace(facts.identity, archive=ArchiveRef(ArchiveSource.MODULE, ko, None)),
+                facts.config,
+            )
+    elif (
+        facts.identity.archive is None
+        and facts.identity.running
+        and facts.identity.ikheaders == "m"
+    ):
+        # Live kernel with kheaders as a module: the archive appears after modprobe (in sync).
+        from kheaders_pkg.kernel.identity import ArchiveRef
+
+        facts = KernelFacts(
+            replace(
+                facts.identity,
+                archive=ArchiveRef(ArchiveSource.SYSFS, layout.kernel.archive, None),
+            ),
+            facts.config,
+        )
+    return facts
+
+
+def _is_live(layout: Layout) -> bool:
+    return os.path.realpath(layout.kernel_fs) == "/"
+
+
+def judge(
+    layout: Layout,
+    release: str | None = None,
+    archive_file: Path | None = None,
+    *,
+    digest: bool = False,
+) -> Judgement:
+    """Identity + tree state + verdict. `digest` reads the archive when it is directly readable."""
+    facts = kernel_facts(layout, release, archive_file)
+    tree = tree_state(layout, facts.identity.release)
+    if tree.needs_btf and facts.identity.running:
+        facts = kernel_facts(layout, release, archive_file, want_btf=True)
+    if tree.kind is TreeKind.FOREIGN:
+        tree = replace(tree, owner=_owner(layout, tree))
+    ident = facts.identity
+    if digest and ident.archive is not None and ident.archive.path.exists():
+        arch = ident.archive
+        if arch.source is not ArchiveSource.MODULE:
+            arch = replace(arch, sha256=sha256_file(arch.path))
+            facts = KernelFacts(replace(ident, archive=arch), facts.config)
+    return Judgement(facts, tree, decide(facts.identity, tree))
+
+
+def _owner(layout: Layout, tree: TreeState) -> str | None:
+    if tree.tree_inside is None:
+        return None
+    try:
+        from kheaders_pkg.distro import owner_of
+    except ImportError:
+        return None
+    try:
+        owner = owner_of(layout, tree.tree_inside)
+    except KheadersError as e:
+        log.debug("ownership query failed: %s", e)
+        return None
+    return str(owner) if owner is not None else None
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    before: Judgement
+    action: str  # nothing | regenerated | would-regenerate | left-foreign
+    generation: Path | None = None
+    after: Verdict | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def sync(
+    layout: Layout,
+    config: Config,
+    *,
+    release: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    archive_file: Path | None = None,
+) -> SyncResult:
+    if dry_run:
+        j = judge(layout, release, archive_file, digest=True)
+        act = "would-regenerate" if (j.verdict.needs_sync or force) else "nothing"
+        if j.verdict.kind is VerdictKind.FOREIGN_STALE and config.foreign is ForeignPolicy.DIVERT:
+            act = "would-divert"
+        return SyncResult(j, act)
+    with locked(layout, config.lock_timeout):
+        clean_leftovers(layout)
+        # Judge under the lock: a run that waited finds the tree another run just made.
+        j = judge(layout, release, archive_file, digest=True)
+        v = j.verdict
+        if v.kind is VerdictKind.UNSUPPORTED:
+            raise UnsupportedError(v.reason)
+        divert = False
+        if v.kind is VerdictKind.FOREIGN_STALE:
+            if config.foreign is not ForeignPolicy.DIVERT:
+                return SyncResult(j, "left-foreign")
+            for link in (j.tree.build, j.tree.source):
+                if link.kind == "directory":
+                    raise UnsafePathError(
+                        f"{link.path} is a real directory, not a link: cannot divert it; left alone"
+                    )
+            divert = True
+        elif not v.needs_sync and not (force and v.kind is not VerdictKind.FOREIGN_FRESH):
+            return SyncResult(j, "nothing", after=v)
+        return _regenerate(layout, config, j, divert=divert)
+
+
+def _regenerate(layout: Layout, config: Config, j: Judgement, *, divert: bool) -> SyncResult:
+    from kheaders_pkg.regenerate import build_generation
+
+    ident = j.facts.identity
+    archive = require_archive(ident)
+    release = ident.release
+    previous = j.tree.tree if j.tree.kind is TreeKind.OURS and j.tree.stamp is not None else None
+    gen = build_generation(layout, j.facts, archive, previous=previous)
+    target = layout.generation_inside(release, gen.name)
+    # Links we did not make (a dangling distro link, a loop, a diverted foreign tree) are recorded
+    # before we replace them, so that `restore` and `remove` put them back exactly.
+    original: dict[str, str | None] = {}
+    for link in (j.tree.build, j.tree.source):
+        is_ours = link.resolved is not None and j.tree.kind is TreeKind.OURS
+        if link.kind == "symlink" and not is_ours and not _points_into_ours(layout, link.inside):
+            original[str(link.name)] = link.target
+        elif link.kind == "absent":
+            original[str(link.name)] = None
+    if any(v is not None for v in original.values()):
+        write_record(layout, release, original)
+    try:
+        for name in (LinkName.BUILD, LinkName.SOURCE):
+            swap_link(layout, release, name, target)
+    except OSError as e:
+        raise fs_error(
+            f"cannot publish {target} at {layout.modules_dir(release)}",
+            e,
+            f"the new tree stays unpublished in {gen.path}",
+        ) from None
+    if divert:
+        log.warning("diverted %s: original links recorded for `kheaders-pkg restore`", release)
+    try:
+        gc(layout, config.keep_generations)
+    except OSError as e:
+        log.warning("gc failed (%s); the next run retries", e.strerror)
+    after = judge(layout, None if ident.running else release).verdict
+    return SyncResult(j, "regenerated", gen.path, after, gen.warnings)
+
+
+def _points_into_ours(layout: Layout, inside: str | None) -> bool:
+    if inside is None:
+        return False
+    trees = layout.trees_dir.rstrip("/") + "/"
+    return inside.startswith(trees)
+
+
+def gc_all(layout: Layout, config: Config) -> list[Path]:
+    with locked(layout, config.lock_timeout):
+        clean_leftovers(layout)
+        return gc(layout, config.keep_generations)
+
+
+def releases_with_records(layout: Layout) -> list[str]:
+    d = layout.state() / "links"
+    try:
+        return sorted(p.name[: -len(".json")] for p in d.iterdir() if p.name.endswith(".json"))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def restore(layout: Layout, config: Config, release: str | None = None) -> list[str]:
+    """Put back the links we replaced, exactly as they were; returns the releases restored."""
+    done = []
+    with locked(layout, config.lock_timeout):
+        for rel in [release] if release else releases_with_records(layout):
+            record = read_record(layout, rel)
+            if record is None:
+                continue
+            _put_back(layout, rel, record)
+            drop_record(layout, rel)
+            done.append(rel)
+        gc(layout, config.keep_generations)
+    return done
+
+
+def _put_back(layout: Layout, release: str, record: dict[str, str | None]) -> None:
+    for name in LinkName:
+        if str(name) not in record:
+            continue
+        try:
+            swap_link(layout, release, name, record[str(name)])
+        except OSError as e:
+            raise fs_error(
+                f"cannot restore {layout.link(release, name)}", e, "record kept"
+            ) from None
+
+
+def remove(layout: Layout, config: Config, release: str) -> list[Path]:
+    """A kernel is going away: our links (or the originals), trees and registration go too."""
+    removed: list[Path] = []
+    with locked(layout, config.lock_timeout):
+        record = read_record(layout, release)
+        tree = tree_state(layout, release)
+        if record is not None:
+            _put_back(layout, release, record)
+            drop_record(layout, release)
+        else:
+            for link in (tree.build, tree.source):
+                if link.kind == "symlink" and _points_into_ours(layout, link.inside):
+                    try:
+                        swap_link(layout, release, link.name, None)
+                    except OSError as e:
+                        raise fs_error(f"cannot remove {link.path}", e, "trees kept") from None
+                    removed.append(link.path)
+        try:
+            from kheaders_pkg.distro import unregister_all
+
+            unregister_all(layout, release)
+        except ImportError:
+            pass
+        for g in generations(layout, release):
+            try:
+                remove_tree(g.path)
+            except OSError as e:
+                raise FilesystemError(f"cannot remove {g.path}: {e.strerror}") from None
+            removed.append(g.path)
+        base = layout.release_trees(release)
+        if base.is_dir() and not os.listdir(base):
+            os.rmdir(base)
+    return removed

@@ -1,0 +1,93 @@
+"""Shared fixtures: the real kernels in ../shared/corpus, copied where a test must write."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = Path(os.environ.get("KHEADERS_CORPUS", REPO.parent / "shared" / "corpus")).resolve()
+
+# Every corpus kernel, by folder name. `-a-mod` has no archive in sysfs until kheaders.ko is loaded.
+KERNELS = (
+    "debian-6.1.0-56-amd64",
+    "debian-6.12.107+deb13-amd64",
+    "kh-6.1.192-kh-a",
+    "kh-6.1.192-kh-a-mod",
+    "kh-6.1.192-kh-b",
+)
+# The kernels whose sysroot holds sys/kernel/kheaders.tar.xz.
+KERNELS_WITH_ARCHIVE = tuple(k for k in KERNELS if not k.endswith("-mod"))
+
+
+@dataclass(frozen=True)
+class CorpusKernel:
+    name: str
+    path: Path
+
+    @property
+    def sysroot(self) -> Path:
+        return self.path / "sysroot"
+
+    @property
+    def expected(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.path / "expected.json").read_text())
+        return data
+
+    @property
+    def release(self) -> str:
+        return str(self.expected["kernelrelease"])
+
+    @property
+    def archive(self) -> Path:
+        return self.sysroot / "sys/kernel/kheaders.tar.xz"
+
+    @property
+    def vmlinuz(self) -> Path:
+        return self.path / str(self.expected["vmlinuz"])
+
+    @property
+    def modules(self) -> Path:
+        return self.path / "modules"
+
+    @property
+    def debs(self) -> Path:
+        return self.path / "debs"
+
+
+def corpus_kernel(name: str) -> CorpusKernel:
+    path = CORPUS / name
+    if not path.is_dir():
+        raise FileNotFoundError(f"corpus kernel {name} not found under {CORPUS}")
+    return CorpusKernel(name, path)
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request: pytest.FixtureRequest) -> CorpusKernel:
+    """Each corpus kernel in turn."""
+    return corpus_kernel(str(request.param))
+
+
+@pytest.fixture(params=KERNELS_WITH_ARCHIVE)
+def kernel_with_archive(request: pytest.FixtureRequest) -> CorpusKernel:
+    return corpus_kernel(str(request.param))
+
+
+def copy_sysroot(kernel: CorpusKernel, dest: Path) -> Path:
+    """A writable copy of a kernel's sysroot, usable as --kernel-fs."""
+    shutil.copytree(kernel.sysroot, dest, symlinks=True)
+    for p in [dest, *dest.rglob("*")]:
+        if not p.is_symlink():
+            p.chmod(0o755 if p.is_dir() else 0o644)
+    return dest
+
+
+@pytest.fixture
+def kernel_fs(tmp_path: Path, kernel_with_archive: CorpusKernel) -> Path:
+    return copy_sysroot(kernel_with_archive, tmp_path / "kfs")

@@ -1,0 +1,38 @@
+# Sourced (POSIX sh) inside the guest's chroot before each scenario: environment and helpers.
+# /run/kh-e2e is the host's scratch directory, shared read-write over 9p.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1
+E2E=/run/kh-e2e
+set -a
+. "$E2E/env"
+set +a
+
+# put NAME VALUE: one result line for the host.
+put() { printf '@@KH %s=%s\n' "$1" "$2"; }
+
+# put64 NAME: a result read from stdin, any bytes, base64-encoded on one line.
+put64() { printf '@@KH64 %s=%s\n' "$1" "$(base64 -w0)"; }
+
+# kheaders-pkg ARGS: the tool from the host's checkout, on the host's real interpreter.
+kheaders_pkg() {
+	PYTHONPATH="$KH_CHECKOUT:$KH_SITE_PACKAGES" /usr/bin/python3.11 -c \
+		'import sys; from kheaders_pkg.cli import main; sys.argv[0] = "kheaders-pkg"; sys.exit(main())' \
+		"$@"
+}
+
+# record NAME CMD...: run CMD, report NAME.rc, NAME.out (stdout) and NAME.err (stderr).
+record() {
+	name=$1
+	shift
+	"$@" >/tmp/record.out 2>/tmp/record.err
+	rc=$?
+	put "$name.rc" "$rc"
+	put64 "$name.out" </tmp/record.out
+	put64 "$name.err" </tmp/record.err
+	return 0
+}
+
+# sha256 FILE: the digest, or "absent".
+sha256() {
+	if [ -e "$1" ]; then sha256sum <"$1" | cut -d' ' -f1; else echo absent; fi
+}
