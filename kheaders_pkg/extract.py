@@ -25,7 +25,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Literal
@@ -556,7 +556,7 @@ class _Decompressed:
                 if blocks is not None and len(blocks) > 1:
                     self._run_parallel(data, blocks)
                     return
-                read = _reader_of(data[len(data) :])  # everything was read already
+                read: Callable[[int], bytes] = _nothing  # everything was read already
             else:
                 read = self._read
             for out in _decode_sequential(data, read, self.meter, self._limits):
@@ -654,17 +654,8 @@ class _BlockOutput:
             yield chunk
 
 
-def _reader_of(data: bytes) -> Callable[[int], bytes]:
-    view = memoryview(data)
-    pos = 0
-
-    def read(n: int) -> bytes:
-        nonlocal pos
-        chunk = bytes(view[pos : pos + n])
-        pos += len(chunk)
-        return chunk
-
-    return read
+def _nothing(n: int) -> bytes:
+    return b""
 
 
 # --------------------------------------------------------------------------------------------
@@ -713,17 +704,7 @@ class _TarInput:
 
     def pieces(self, size: int) -> Iterator[memoryview]:
         """`size` bytes of member data, as views into the chunks, then the padding is skipped."""
-        left = size
-        while left:
-            avail = len(self._buf) - self._pos
-            if not avail:
-                if not self._more():
-                    raise _Truncated
-                continue
-            take = left if left < avail else avail
-            yield memoryview(self._buf)[self._pos : self._pos + take]
-            self._pos += take
-            left -= take
+        yield from self.pieces_raw(size)
         self.skip(-size % _BLOCK)
 
     def read(self, size: int) -> bytes:
@@ -919,7 +900,9 @@ class _Reuse:
                 and st.st_mtime_ns == mtime_ns
             ):
                 return False
-            os.link(leaf, leaf, src_dir_fd=src_dir_fd, dst_dir_fd=dest_dir_fd, follow_symlinks=False)
+            os.link(
+                leaf, leaf, src_dir_fd=src_dir_fd, dst_dir_fd=dest_dir_fd, follow_symlinks=False
+            )
         except OSError as err:
             if err.errno in _LINK_FALLBACK:
                 return False
@@ -928,25 +911,24 @@ class _Reuse:
         return True
 
 
-@dataclass
 class _Extraction:
     """The state of one extraction: what exists under `dest` (in memory), and the manifest."""
 
-    root_fd: int
-    limits: Limits
-    reuse: _Reuse | None
-    umask: int
-    dirs: _DirFds = field(init=False)
-    kinds: dict[str, str] = field(default_factory=lambda: {"": "i"})
-    files: dict[str, Entry] = field(default_factory=dict)
-    entries: list[Entry] = field(default_factory=list)
-    dir_mtimes: list[tuple[str, int]] = field(default_factory=list)
-    members: int = 0
-    directories: int = 0
-    has_include: bool = False
-
-    def __post_init__(self) -> None:
-        self.dirs = _DirFds(self.root_fd)
+    def __init__(self, root_fd: int, limits: Limits, reuse: _Reuse | None, umask: int) -> None:
+        self.root_fd = root_fd
+        self.limits = limits
+        self.reuse = reuse
+        self.umask = umask
+        self.dirs = _DirFds(root_fd)
+        # What this extraction made, by path: "d" directory (a member), "i" directory made as
+        # a parent (or the top), "f" file, "l" symlink. Only "d"/"i" may be written into.
+        self.kinds: dict[str, str] = {"": "i"}
+        self.files: dict[str, Entry] = {}
+        self.entries: list[Entry] = []
+        self.dir_mtimes: list[tuple[str, int]] = []
+        self.members = 0
+        self.directories = 0
+        self.has_include = False
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -1064,7 +1046,8 @@ class _Extraction:
         if kind != "f" and size:
             raise ArchiveError(f"{what}: a {_KIND_WORDS.get(kind, 'hard link')} with data")
         if size > self.limits.max_member_bytes:
-            raise ArchiveError(f"{what}: {size} bytes, over the limit of {self.limits.max_member_bytes}")
+            limit = self.limits.max_member_bytes
+            raise ArchiveError(f"{what}: {size} bytes, over the limit of {limit} per member")
         if path == "include" or path.startswith("include/"):
             self.has_include = True
 
@@ -1072,12 +1055,13 @@ class _Extraction:
             self.directory(path, mtime_ns)
             return
         self.claim(path, kind)
+        target = _symlink_target(path, raw_link) if kind == "l" else ""
         parent, _, leaf = path.rpartition("/")
         parent_fd = self.parent_fd(path, parent)
         if kind == "f":
-            self.regular(tar, path, leaf, parent_fd, size, 0o755 if mode & 0o111 else 0o644, mtime_ns)
+            perm = 0o755 if mode & 0o111 else 0o644
+            self.regular(tar, path, leaf, parent_fd, size, perm, mtime_ns)
         elif kind == "l":
-            target = _symlink_target(path, raw_link)
             os.symlink(target, leaf, dir_fd=parent_fd)
             os.utime(leaf, ns=(mtime_ns, mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
             self.kinds[path] = "l"
@@ -1091,7 +1075,10 @@ class _Extraction:
                     "which is not an earlier regular file in the archive"
                 )
             os.link(
-                target_path, leaf, src_dir_fd=self.root_fd, dst_dir_fd=parent_fd,
+                target_path,
+                leaf,
+                src_dir_fd=self.root_fd,
+                dst_dir_fd=parent_fd,
                 follow_symlinks=False,
             )
             self.kinds[path] = "f"
@@ -1130,8 +1117,9 @@ class _Extraction:
             missing.append(probe)
             probe = probe.rpartition("/")[0]
         if self.kinds[probe] not in ("d", "i"):
+            word = _KIND_WORDS[self.kinds[probe]]
             raise ArchiveError(
-                f"member {_show(path)}: parent {_show(probe)} is a {_KIND_WORDS[self.kinds[probe]]}, "
+                f"member {_show(path)}: parent {_show(probe)} is a {word}, "
                 "not a directory: refusing to write through it"
             )
         for p in reversed(missing):
@@ -1294,48 +1282,44 @@ def extract_archive(
 def _extract(
     src: BinaryIO | Path, root_fd: int, limits: Limits, reuse: _Reuse | None
 ) -> ExtractResult:
-    opened: BinaryIO | None = None
     if isinstance(src, Path):
         try:
-            opened = open(src, "rb", buffering=0)  # noqa: SIM115 - closed below
+            opened = open(src, "rb", buffering=0)
         except OSError as err:
             raise ArchiveError(f"cannot read archive {src}: {err.strerror}") from None
-        stream: BinaryIO = opened
-    else:
-        stream = src
+        with opened:
+            return _extract_stream(opened, root_fd, limits, reuse)
+    return _extract_stream(src, root_fd, limits, reuse)
+
+
+def _extract_stream(
+    stream: BinaryIO, root_fd: int, limits: Limits, reuse: _Reuse | None
+) -> ExtractResult:
+    read = _safe_reader(stream)
+    seekable_size = _remaining_size(stream)
+    state = _Extraction(root_fd, limits, reuse, _read_umask())
     try:
-        read = _safe_reader(stream)
-        seekable_size = _remaining_size(stream)
-        state = _Extraction(root_fd, limits, reuse, _read_umask())
-        try:
-            with _Decompressed(read, seekable_size, limits) as decompressed:
-                state.run(_TarInput(iter(decompressed)))
-                # The decoder must reach the end of the xz stream: it checks the index and
-                # that nothing follows. The tar end marker alone does not prove that.
-                for _ in decompressed:
-                    raise ArchiveError("data after the tar end-of-archive marker")
-            if not state.members:
-                raise ArchiveError("tar archive has no members")
-            if not state.has_include:
-                raise ArchiveError(
-                    "archive has no include/ directory: not a kernel headers archive"
-                )
-            state.finish_tree()
-        except OSError as err:
-            raise FilesystemError(f"cannot extract: {err.strerror or err}") from None
-        finally:
-            state.dirs.close()
-        return ExtractResult(
-            entries=tuple(sorted(state.entries, key=lambda e: e.path)),
-            archive_sha256=decompressed.meter.sha256.hexdigest(),
-            archive_size=decompressed.meter.size,
-            total_bytes=sum(e.size for e in state.entries),
-            directories=state.directories,
-            reused=reuse.count if reuse is not None else 0,
-        )
+        with _Decompressed(read, seekable_size, limits) as decompressed:
+            # run() returns only after reading the decoder's output to its end, so the xz
+            # stream's index and check were verified and nothing follows it.
+            state.run(_TarInput(iter(decompressed)))
+        if not state.members:
+            raise ArchiveError("tar archive has no members")
+        if not state.has_include:
+            raise ArchiveError("archive has no include/ directory: not a kernel headers archive")
+        state.finish_tree()
+    except OSError as err:
+        raise FilesystemError(f"cannot extract: {err.strerror or err}") from None
     finally:
-        if opened is not None:
-            opened.close()
+        state.dirs.close()
+    return ExtractResult(
+        entries=tuple(sorted(state.entries, key=lambda e: e.path)),
+        archive_sha256=decompressed.meter.sha256.hexdigest(),
+        archive_size=decompressed.meter.size,
+        total_bytes=sum(e.size for e in state.entries),
+        directories=state.directories,
+        reused=reuse.count if reuse is not None else 0,
+    )
 
 
 def _safe_reader(stream: BinaryIO) -> Callable[[int], bytes]:

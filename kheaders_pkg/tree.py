@@ -220,7 +220,7 @@ def _vmlinux_facts(path: Path) -> tuple[str | None, str | None]:
     from kheaders_pkg.kernel.notes import find_build_id
 
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        elf = ELFFile(m)  # type: ignore[arg-type]  # mmap is a bytes-like buffer
+        elf = ELFFile(m)
         build_id = find_build_id(elf.notes())
         btf = elf.section_bytes(".BTF")
         btf_sha = hashlib.sha256(btf).hexdigest() if btf else None

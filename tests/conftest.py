@@ -91,3 +91,42 @@ def copy_sysroot(kernel: CorpusKernel, dest: Path) -> Path:
 @pytest.fixture
 def kernel_fs(tmp_path: Path, kernel_with_archive: CorpusKernel) -> Path:
     return copy_sysroot(kernel_with_archive, tmp_path / "kfs")
+
+
+def make_dpkg_root(root: Path) -> Path:
+    """An empty merged-/usr scratch root (as Debian 12 and 13 are) with a dpkg database."""
+    (root / "usr/lib").mkdir(parents=True, exist_ok=True)
+    if not os.path.lexists(root / "lib"):
+        os.symlink("usr/lib", root / "lib")
+    admin = root / "var/lib/dpkg"
+    (admin / "info").mkdir(parents=True, exist_ok=True)
+    (admin / "updates").mkdir(exist_ok=True)
+    (admin / "status").touch()
+    return root
+
+
+def unpack_debian_headers(kernel: CorpusKernel, root: Path) -> list[Path]:
+    """Debian's own linux-headers/kbuild packages unpacked into `root` with the real dpkg.
+
+    `--unpack`, not `-i`: their postinst runs tools a bare root lacks (background.md 6).
+    """
+    import subprocess
+
+    make_dpkg_root(root)
+    debs = sorted(kernel.debs.glob("*.deb"))
+    subprocess.run(
+        [
+            "dpkg",
+            f"--root={root}",
+            f"--admindir={root}/var/lib/dpkg",
+            "--log=/dev/null",
+            "--force-script-chrootless",
+            "--force-depends",
+            "--unpack",
+            *map(str, debs),
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
+    return debs

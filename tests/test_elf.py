@@ -4,6 +4,7 @@ and malformed input."""
 from __future__ import annotations
 
 import hashlib
+import mmap
 import struct
 
 import pytest
@@ -298,3 +299,18 @@ def test_module_with_a_bad_note_raises_notes_error() -> None:
     data = _patched(kheaders_ko("kh-6.1.192-kh-a-mod"), note.offset, "<I", 0xFFFF)
     with pytest.raises(NotesError, match="namesz 65535"):
         ELFFile(data).notes()
+
+
+def test_elf_reads_an_mmap_of_a_file_without_copying_it_whole() -> None:
+    kernel = corpus_kernel("debian-6.12.107+deb13-amd64")
+    with (
+        open(kernel.modules / "kheaders.ko", "rb") as file,
+        mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
+    ):
+        elf = ELFFile(mapped)
+        archive = elf.bytes_between("kernel_headers_data", "kernel_headers_data_end")
+        notes = elf.notes()
+        del elf  # the mmap cannot close while the reader still holds it
+    assert isinstance(archive, bytes)
+    assert archive == kernel.archive.read_bytes()
+    assert notes == ELFFile(kheaders_ko(kernel.name)).notes()

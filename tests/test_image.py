@@ -13,7 +13,6 @@ import pytest
 from conftest import CorpusKernel, corpus_kernel
 
 from kheaders_pkg.errors import ImageError, KernelDataError
-from kheaders_pkg.kernel import decompress as decompress_module
 from kheaders_pkg.kernel.decompress import decompress
 from kheaders_pkg.kernel.image import (
     Compression,
@@ -106,7 +105,7 @@ def test_decompression_over_the_limit_is_refused(name: str) -> None:
 
 def test_missing_zstd_command_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     kernel = corpus_kernel("debian-6.12.107+deb13-amd64")
-    monkeypatch.setattr(decompress_module.shutil, "which", lambda _name: None)
+    monkeypatch.setattr("kheaders_pkg.kernel.decompress.shutil.which", lambda _name: None)
     with pytest.raises(ImageError, match="zstd command not found"):
         build_id_from_image(kernel.vmlinuz)
 

@@ -30,7 +30,6 @@ DB_DIRS = ("/usr/lib/sysimage/rpm", "/var/lib/rpm")
 DB_FILES = ("rpmdb.sqlite", "Packages.db", "Packages")
 LOCK_NAME = ".rpm.lock"  # rpm's %_rpmlock_path default: %{_dbpath}/.rpm.lock
 PAYLOAD = "w3T.xzdio"  # xz level 3, threaded: headers are text
-PROVIDES = "kernel-ikheaders-uname-r"
 
 
 def dbpath(layout: Layout) -> str | None:
@@ -135,7 +134,7 @@ class Rpm(PackageFamily):
             release=package.release,
             release_dir=package.release_dir,
             inside_dir=package.inside_dir,
-            provides=PROVIDES,
+            provides=package.provides_name,
             generation=package.generation,
             id_kind=package.id_kind,
             short_id=package.short_id,

@@ -158,6 +158,7 @@ def _decode(
 ) -> Decompressed:
     out = bytearray()
     pending = data
+    stalls = 0
     try:
         while not dec.done():
             # One byte over the limit tells "exactly at the limit" from "over it".
@@ -166,8 +167,14 @@ def _decode(
             out += chunk
             if len(out) > limit:
                 raise error(f"{kind} data decompresses to more than {limit} bytes")
-            if not chunk and dec.starved() and not dec.done():
-                raise error(f"{kind} data is truncated ({len(data)} bytes of input)")
+            if not chunk and not dec.done():
+                if dec.starved():
+                    raise error(f"{kind} data is truncated ({len(data)} bytes of input)")
+                stalls += 1
+                if stalls > 1:  # a decoder that neither eats input nor yields output
+                    raise error(f"{kind} decoder made no progress")
+            else:
+                stalls = 0
     except (lzma.LZMAError, zlib.error, OSError, EOFError) as exc:
         raise error(f"{kind} data is corrupt: {exc}") from None
     return Decompressed(bytes(out), dec.trailing())

@@ -7,6 +7,7 @@ and size is checked against the data before it is used; anything out of place is
 from __future__ import annotations
 
 import enum
+import mmap
 import struct
 from dataclasses import dataclass
 from typing import Literal
@@ -96,11 +97,15 @@ class _Segment:
 
 
 class ELFFile:
-    """The parsed headers of one ELF file held in memory; `data` is kept for section reads."""
+    """The parsed headers of one ELF file; `data` is kept for section reads.
 
-    def __init__(self, data: bytes) -> None:
+    `data` may be an mmap of a large file (a distro's unstripped vmlinux): only the headers and
+    the sections asked for are ever copied out of it.
+    """
+
+    def __init__(self, data: bytes | mmap.mmap) -> None:
         self._data = data
-        if len(data) < _IDENT_SIZE or not data.startswith(ELF_MAGIC):
+        if len(data) < _IDENT_SIZE or data[:4] != ELF_MAGIC:
             raise ELFError("not an ELF file (bad magic)")
         try:
             self.elf_class = ELFClass(data[4])

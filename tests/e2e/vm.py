@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import gzip
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -29,6 +30,9 @@ SITE_PACKAGES = CHECKOUT / ".venv/lib/python3.11/site-packages"
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static: no shared libraries to copy
 QEMU = "qemu-system-x86_64"
 DEPMOD = "/usr/sbin/depmod"
+
+# Every boot of this session: (kernel, scenario, seconds); the e2e conftest prints them.
+BOOT_TIMES: list[tuple[str, str, float]] = []
 
 MARK = "@@KH "
 MARK64 = "@@KH64 "
@@ -111,6 +115,16 @@ class GuestState:
             if real == rel or real.startswith(rel + "/"):
                 return self.path / real
         raise ValueError(f"{guest_path} is not on the persistent state")
+
+    def resolve(self, guest_path: str) -> Path:
+        """The state file behind `guest_path`, following a final symlink as the guest would."""
+        for _ in range(40):
+            host = self.host_path(guest_path)
+            if not host.is_symlink():
+                return host
+            target = os.readlink(host)
+            guest_path = os.path.join(os.path.dirname(guest_path), target)
+        raise ValueError(f"{guest_path}: too many levels of symbolic links")
 
     def install_module(self, ko: Path, release: str) -> Path:
         """Put `ko` where modprobe looks (kernel/kernel/, like a distro) and run depmod."""
@@ -218,7 +232,7 @@ def boot(
     shutil.copyfile(GUEST_DIR / "lib.sh", exchange / "lib.sh")
     shutil.copyfile(SCENARIOS / f"{scenario}.sh", exchange / "scenario.sh")
     settings = {"KH_CHECKOUT": str(CHECKOUT), "KH_SITE_PACKAGES": str(SITE_PACKAGES), **(env or {})}
-    (exchange / "env").write_text("".join(f"{k}='{v}'\n" for k, v in settings.items()))
+    (exchange / "env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items()))
     serial = exchange.parent / f"serial-{len(state.boots)}-{kernel.name}-{scenario}.log"
     command = qemu_command(kernel, initramfs, state, serial, memory, cpus)
     start = time.monotonic()
@@ -236,6 +250,7 @@ def boot(
                 f"{tail(log)}"
             ) from None
     seconds = time.monotonic() - start
+    BOOT_TIMES.append((kernel.name, scenario, seconds))
     log = serial.read_text(errors="replace") if serial.exists() else ""
     values = parse_marks(log)
     if proc.returncode != 0 or "e2e.done" not in values or "init.error" in values:

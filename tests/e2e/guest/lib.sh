@@ -36,3 +36,20 @@ record() {
 sha256() {
 	if [ -e "$1" ]; then sha256sum <"$1" | cut -d' ' -f1; else echo absent; fi
 }
+
+# The build link of the running kernel, where every consumer looks.
+KVER=$(uname -r)
+BUILD=/lib/modules/$KVER/build
+
+# stat_of PATH: "inode mtime" (nanoseconds) of PATH, following links, or "absent".
+stat_of() { stat -L -c '%i %.9Y' "$1" 2>/dev/null || echo absent; }
+
+# put_tree NAME: where the build link leads and what the tree says about its kernel.
+put_tree() {
+	put "$1target" "$(readlink -f "$BUILD")"
+	[ -f "$BUILD/include/linux/kconfig.h" ] && put "$1has_kconfig_h" 1
+	put "$1utsrelease" "$(grep -h 'define UTS_RELEASE' "$BUILD/include/generated/utsrelease.h")"
+	put "$1version_code" "$(grep -h 'define LINUX_VERSION_CODE' \
+		"$BUILD/include/generated/uapi/linux/version.h")"
+	put "$1variant" "$(grep -h 'define KH_CORPUS_VARIANT' "$BUILD/include/linux/kernel.h")"
+}

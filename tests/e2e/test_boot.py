@@ -1,0 +1,302 @@
+"""End to end on real booted kernels: the tool against the live kernel of a QEMU guest.
+
+Each guest runs on the host's own root (read-only 9p, with the tool's checkout and the host's
+Python) with a persistent writable layer for /lib/modules, /usr/src and the tool's state; see vm.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import KERNELS, KERNELS_WITH_ARCHIVE, copy_sysroot
+
+from . import vm
+from .conftest import TOOL_LOADS_KHEADERS, Guest, GuestFactory
+
+DEBIAN = tuple(k for k in KERNELS if k.startswith("debian-"))
+KH_A, KH_B = "kh-6.1.192-kh-a", "kh-6.1.192-kh-b"
+# Scenario A runs on every kernel that has an archive, and on the one whose module the tool loads.
+FIRST_BOOT_KERNELS = (*KERNELS_WITH_ARCHIVE, TOOL_LOADS_KHEADERS)
+
+# Exit codes of `kheaders-pkg check` (kheaders_pkg.errors.ExitCode).
+FRESH, NEEDS_SYNC = 0, 3
+
+BUILD_ID = re.compile(r"build[ _-]?id", re.IGNORECASE)
+
+
+def status_of(result: vm.BootResult, name: str) -> dict[str, Any]:
+    assert result.rc(name) == 0, result[f"{name}.err"]
+    data: dict[str, Any] = json.loads(result[f"{name}.out"])
+    return data
+
+
+def tool_said(result: vm.BootResult, name: str) -> str:
+    return f"{name}: rc {result.get(name + '.rc')}, stderr {result.get(name + '.err')!r}"
+
+
+# --- the harness itself -------------------------------------------------------------------------
+
+
+# Boots run one after another: with 2 host cores, two TCG guests at once (vCPU plus the 9p I/O
+# thread each) took 65 s for the five smoke boots, against 40 s in sequence.
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize("name", KERNELS)
+def test_guest_runs_scenario_on_live_kernel_with_writable_modules_dir(
+    name: str, guest_factory: GuestFactory, state: vm.GuestState
+) -> None:
+    guest = guest_factory(name)
+    result = guest.boot(guest.prepare(state), "smoke")
+    expected = guest.corpus.expected
+    assert result["uname"] == expected["kernelrelease"]
+    assert result["notes_sha256"] == expected["notes_sha256"]
+    if name == TOOL_LOADS_KHEADERS:
+        assert result["archive_sha256"] == "absent"  # nobody has loaded kheaders.ko yet
+    else:
+        assert result["archive_sha256"] == expected["kheaders_tar_xz_sha256"]
+    assert result["modules_writable"] == "1"
+    assert result["usr_src_writable"] == "1"
+    assert result["python"] == "1"
+    assert result["e2e.exit"] == "0"
+
+
+# --- scenario A (first boot) and B (reboot on the same root) -----------------------------------
+
+
+@dataclass(frozen=True)
+class FirstBoot:
+    guest: Guest
+    state: vm.GuestState
+    result: vm.BootResult
+
+
+@pytest.fixture(scope="module", params=FIRST_BOOT_KERNELS)
+def first_boot(
+    request: pytest.FixtureRequest,
+    guest_factory: GuestFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> FirstBoot:
+    guest = guest_factory(str(request.param))
+    state = guest.prepare(vm.GuestState(tmp_path_factory.mktemp(f"root-{guest.name}")))
+    return FirstBoot(guest, state, guest.boot(state, "first_boot", timeout=240))
+
+
+@pytest.mark.vm
+def test_first_boot_check_asks_for_sync_and_sync_makes_a_fresh_tree(first_boot: FirstBoot) -> None:
+    result, expected = first_boot.result, first_boot.guest.corpus.expected
+    release = expected["kernelrelease"]
+    if first_boot.guest.name == TOOL_LOADS_KHEADERS:
+        assert result["kheaders_loaded_before"] == "0"  # the tool must load it itself
+
+    assert result.rc("check_before") == NEEDS_SYNC, tool_said(result, "check_before")
+    assert result.rc("sync") == 0, tool_said(result, "sync")
+    assert result.rc("check_after") == FRESH, tool_said(result, "check_after")
+
+    status = status_of(result, "status")
+    assert status["verdict"] == "fresh", status
+    assert status["release"] == release
+    assert status["build_id"] == expected["build_id"]
+    assert status["config_sha256"] == expected["config_sha256"]
+    assert status["archive_sha256"] == expected["kheaders_tar_xz_sha256"]
+    assert status["tree"]["kind"] == "ours"
+
+    # The build link resolves, inside the guest, to a tree made from this kernel's archive.
+    assert result["build_target"].startswith("/usr/src/"), result["build_target"]
+    assert result["build_has_kconfig_h"] == "1"
+    assert result["utsrelease"] == f'#define UTS_RELEASE "{release}"'
+    tree = first_boot.state.resolve(f"/lib/modules/{release}/build")
+    assert tree.is_dir() and (tree / "include/linux/sched.h").is_file()
+
+
+@pytest.mark.vm
+def test_reboot_of_same_kernel_finds_tree_fresh_and_sync_changes_nothing(
+    first_boot: FirstBoot,
+) -> None:
+    assert first_boot.result.rc("sync") == 0, tool_said(first_boot.result, "sync")
+    result = first_boot.guest.boot(first_boot.state, "reboot", timeout=180)
+
+    assert result.rc("check") == FRESH, tool_said(result, "check")
+    assert result.rc("sync") == 0, tool_said(result, "sync")
+    # Same target, same directory inode and mtime, same header inode and mtime: not regenerated.
+    for what in ("target", "dir", "header"):
+        assert result[f"after.{what}"] == result[f"before.{what}"], what
+    assert result["before.target"] == first_boot.result["build_target"]
+    assert result["before.header"] == first_boot.result["header_stat"]
+
+
+# --- scenario C: the same release, another build ------------------------------------------------
+
+# bcc's flags (background.md section 4), for the host's clang against a tree the tool made.
+CLANG_WARNINGS_OFF = (
+    "-Wno-unused-value", "-Wno-pointer-sign", "-Wno-gnu-variable-sized-type-not-at-end",
+    "-Wno-address-of-packed-member", "-Wno-tautological-compare", "-Wno-unknown-warning-option",
+)  # fmt: skip
+CONSUMER = vm.GUEST_DIR / "consumer.c"
+
+
+def compile_consumer(tree: Path) -> dict[str, int]:
+    """Compile consumer.c against `tree` as bcc would; the values of its kh_* globals."""
+    resource_dir = subprocess.run(
+        ["clang", "-print-resource-dir"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    arch = tree / "arch/x86"
+    includes = [
+        arch / "include", arch / "include/generated", tree / "include", arch / "include/uapi",
+        arch / "include/generated/uapi", tree / "include/uapi", tree / "include/generated/uapi",
+    ]  # fmt: skip
+    command = [
+        "clang", "-target", "x86_64-linux-gnu", "-nostdinc", "-isystem", f"{resource_dir}/include",
+        *(f"-I{d}" for d in includes), "-include", str(tree / "include/linux/kconfig.h"),
+        "-D__KERNEL__", "-D__BPF_TRACING__", *CLANG_WARNINGS_OFF, "-fno-stack-protector",
+        "-O2", "-S", "-emit-llvm", "-o", "-", str(CONSUMER),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = re.findall(r"^@(kh_\w+) = .* global i64 (\d+)", done.stdout, re.MULTILINE)
+    return {name: int(value) for name, value in found}
+
+
+def copy_tree(state: vm.GuestState, release: str, dest: Path) -> Path:
+    """A copy of the tree the guest's build link points at (the next sync may collect it)."""
+    shutil.copytree(state.resolve(f"/lib/modules/{release}/build"), dest, symlinks=True)
+    return dest
+
+
+@pytest.mark.vm
+def test_same_release_rebuilt_kernel_makes_tree_stale_and_sync_replaces_it(
+    guest_factory: GuestFactory, state: vm.GuestState, tmp_path: Path
+) -> None:
+    guest_a, guest_b = guest_factory(KH_A), guest_factory(KH_B)
+    release = guest_a.release
+    assert guest_b.release == release
+
+    first = guest_a.boot(state, "first_boot", timeout=240)
+    assert first.rc("sync") == 0, tool_said(first, "sync")
+    assert first.rc("check_after") == FRESH, tool_said(first, "check_after")
+    tree_a = copy_tree(state, release, tmp_path / "tree-a")
+
+    second = guest_b.boot(state, "stale", timeout=240)
+    assert second.rc("check_before") == NEEDS_SYNC, tool_said(second, "check_before")
+    before = status_of(second, "status_before")
+    assert before["verdict"] != "fresh", before
+    assert BUILD_ID.search(before["reason"]), before["reason"]
+    assert second.rc("sync") == 0, tool_said(second, "sync")
+    assert second.rc("check_after") == FRESH, tool_said(second, "check_after")
+    after = status_of(second, "status")
+    assert after["verdict"] == "fresh"
+    assert after["build_id"] == guest_b.corpus.expected["build_id"]
+    assert second["variant"] == "#define KH_CORPUS_VARIANT 2"
+    assert second["build_target"] != first["build_target"]
+
+    # A header consumer on the host sees the difference between the two trees.
+    tree_b = copy_tree(state, release, tmp_path / "tree-b")
+    seen_a, seen_b = compile_consumer(tree_a), compile_consumer(tree_b)
+    assert (seen_a["kh_corpus_variant"], seen_b["kh_corpus_variant"]) == (0, 2)
+
+
+def tool_on_host(*args: str) -> subprocess.CompletedProcess[str]:
+    """The tool from this checkout, on the host (for preparing a guest root)."""
+    code = "import sys; from kheaders_pkg.cli import main; sys.exit(main())"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False
+    )
+
+
+def plant_other_build_tree(state: vm.GuestState, other: Guest, release: str, work: Path) -> Path:
+    """Publish, in `state`, our tree made from `other`'s archive, but under `release`.
+
+    The tool makes a proper tree for `other` (--root on the state, --kernel-fs on a copy of its
+    sysroot); then the tree, its links and its stamp's release are moved to `release`: what a root
+    looks like after another build of the same release ran and synced on it.
+    """
+    kernel_fs = copy_sysroot(other.corpus, work / "kernel-fs")
+    done = tool_on_host("--root", str(state.path), "--kernel-fs", str(kernel_fs), "sync")
+    assert done.returncode == 0, done.stderr
+
+    old_modules = state.host_path(f"/lib/modules/{other.release}")
+    link = os.readlink(old_modules / "build")
+    old_tree_dir = state.host_path(os.path.dirname(link))  # usr/src/kheaders-pkg/$KVER
+    assert old_tree_dir.name == other.release, link
+    new_tree_dir = old_tree_dir.with_name(release)
+    old_tree_dir.rename(new_tree_dir)
+    new_modules = state.host_path(f"/lib/modules/{release}")
+    new_modules.mkdir(parents=True)
+    for name in ("build", "source"):
+        if (old_modules / name).is_symlink():
+            target = os.readlink(old_modules / name)
+            (new_modules / name).symlink_to(target.replace(f"/{other.release}/", f"/{release}/"))
+    shutil.rmtree(old_modules)
+
+    tree = state.resolve(f"/lib/modules/{release}/build")
+    stamp_path = tree / ".kheaders-pkg.json"
+    stamp = json.loads(stamp_path.read_text())
+    assert stamp["build_id"] == other.corpus.expected["build_id"]
+    stamp["release"] = release
+    stamp_path.write_text(json.dumps(stamp))
+    return tree
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize("name", DEBIAN)
+def test_tree_from_other_debian_build_under_this_release_is_detected_and_replaced(
+    name: str, guest_factory: GuestFactory, state: vm.GuestState, tmp_path: Path
+) -> None:
+    guest = guest_factory(name)
+    other = guest_factory(next(k for k in DEBIAN if k != name))
+    planted = plant_other_build_tree(state, other, guest.release, tmp_path)
+    tree_other = shutil.copytree(planted, tmp_path / "tree-other", symlinks=True)
+
+    result = guest.boot(state, "stale", timeout=240)
+    assert result.rc("check_before") == NEEDS_SYNC, tool_said(result, "check_before")
+    before = status_of(result, "status_before")
+    assert before["tree"]["kind"] == "ours", before
+    assert BUILD_ID.search(before["reason"]), before["reason"]
+    assert result.rc("sync") == 0, tool_said(result, "sync")
+    assert result.rc("check_after") == FRESH, tool_said(result, "check_after")
+    assert status_of(result, "status")["build_id"] == guest.corpus.expected["build_id"]
+    assert result["utsrelease"] == f'#define UTS_RELEASE "{guest.release}"'
+
+    tree = copy_tree(state, guest.release, tmp_path / "tree")
+    seen, seen_other = compile_consumer(tree), compile_consumer(tree_other)
+    assert seen["kh_version_code"] != seen_other["kh_version_code"]
+    assert seen["kh_version_code"] >> 16 == int(guest.release.split(".")[0])
+    assert seen["kh_sizeof_file"] != seen_other["kh_sizeof_file"]
+
+
+# --- consumers in the guest ---------------------------------------------------------------------
+
+
+@pytest.mark.vm
+def test_bcc_in_guest_compiles_and_attaches_kprobe_with_synced_tree_only(
+    guest_factory: GuestFactory, state: vm.GuestState, tmp_path: Path
+) -> None:
+    # Debian 12's bcc 0.26 (clang 14) cannot parse 6.12's include/linux/bpf.h against its own
+    # compat uapi bpf.h, whoever provides the headers: the consumer runs on the 6.1 kernel.
+    guest = guest_factory("debian-6.1.0-56-amd64")
+    result = guest.boot(state, "bcc", timeout=400, memory=2048)
+    assert result.rc("sync") == 0, tool_said(result, "sync")
+    assert result["kprobes"] == "1" and result["tracefs"] == "1"
+
+    assert result.rc("bcc_with_tree") == 0, result["bcc_with_tree.err"][-3000:]
+    seen = dict(line.split("=", 1) for line in result["bcc_with_tree.out"].splitlines())
+    assert seen["compiled"] == "1" and seen["fired"] == "1" and seen["detached"] == "1"
+    assert seen["attached"].endswith("sys_getpid")
+    assert seen["tgid_matches"] == "1" and seen["comm"] == "python3.11"
+    # The struct sizes bcc compiled in are what the host's clang gets from the same tree.
+    sizes = compile_consumer(copy_tree(state, guest.release, tmp_path / "tree"))
+    assert int(seen["sizeof_file"]) == sizes["kh_sizeof_file"]
+    assert int(seen["sizeof_sock"]) == sizes["kh_sizeof_sock"]
+
+    assert result["kheaders_unloaded"] == "1"
+    assert result.rc("bcc_without_tree") != 0
+    assert "compiled=1" not in result["bcc_without_tree.out"]

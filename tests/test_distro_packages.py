@@ -1,0 +1,502 @@
+"""Our generated trees as real packages, against the real dpkg, dpkg-deb, rpm and rpmbuild.
+
+Each corpus kernel with an archive becomes one generated tree (module scope); every test that
+installs works in its own scratch root holding a hard-linked copy of that tree (dpkg replaces
+files by rename, so the shared tree is never written).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import rpm as rpmlib
+from conftest import KERNELS_WITH_ARCHIVE, CorpusKernel, corpus_kernel
+
+from kheaders_pkg.distro import (
+    Owner,
+    drain_queue,
+    emit_package,
+    families,
+    owner_of,
+    register_tree,
+    unregister_release,
+)
+from kheaders_pkg.distro.identity import deb_package_name, rpm_package_name
+from kheaders_pkg.distro.queue import pending, queue_file
+from kheaders_pkg.errors import ExitCode, QueuedError
+from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
+from kheaders_pkg.stamp import ArchiveSource, ConfigSource, Stamp, read_stamp
+
+pytestmark = pytest.mark.integration
+
+HEADER = "include/linux/kconfig.h"
+
+
+@dataclass(frozen=True)
+class GeneratedTree:
+    kernel: CorpusKernel
+    root: Path  # a root holding only the tree
+    tree: Path  # .../usr/src/kheaders-pkg/$KVER/gen-0001-<id12>
+
+    @property
+    def release(self) -> str:
+        return self.kernel.release
+
+    @property
+    def inside(self) -> str:
+        return "/" + self.tree.relative_to(self.root).as_posix()
+
+
+def write_manifest_and_stamp(tree: Path, stamp: Stamp) -> None:
+    """What the core writes: the manifest of every file, then the stamp naming its digest."""
+    lines = []
+    for path in sorted(p for p in tree.rglob("*") if p.name not in (STAMP_NAME, MANIFEST_NAME)):
+        rel = path.relative_to(tree).as_posix()
+        if path.is_symlink():
+            lines.append(f"l\t{os.readlink(path)}\t-\t{rel}\n")
+        elif path.is_file():
+            data = path.read_bytes()
+            lines.append(f"f\t{hashlib.sha256(data).hexdigest()}\t{len(data)}\t{rel}\n")
+    manifest = "".join(lines)
+    (tree / MANIFEST_NAME).write_text(manifest)
+    stamp = replace(
+        stamp,
+        file_count=len(lines),
+        manifest_sha256=hashlib.sha256(manifest.encode()).hexdigest(),
+    )
+    (tree / STAMP_NAME).write_text(stamp.to_json())
+
+
+def make_tree(kernel: CorpusKernel, root: Path, generation: int = 1) -> Path:
+    expected = kernel.expected
+    build_id = str(expected["build_id"])
+    tree = root / "usr/src/kheaders-pkg" / kernel.release / f"gen-{generation:04d}-{build_id[:12]}"
+    tree.mkdir(parents=True)
+    subprocess.run(["tar", "-xJf", kernel.archive, "-C", tree], check=True)
+    config = gzip.decompress((kernel.sysroot / "proc/config.gz").read_bytes())
+    (tree / ".config").write_bytes(config)
+    (tree / "include/config").mkdir(parents=True, exist_ok=True)
+    auto = [line for line in config.decode().splitlines() if line.startswith("CONFIG_")]
+    (tree / "include/config/auto.conf").write_text("".join(f"{line}\n" for line in auto))
+    (tree / "include/config/kernel.release").write_text(kernel.release + "\n")
+    (tree / "vmlinux.id").write_text(build_id + "\n")
+    stamp = Stamp(
+        release=kernel.release,
+        uts_version=(kernel.sysroot / "proc/sys/kernel/version").read_text().strip(),
+        build_id=build_id,
+        config_sha256=hashlib.sha256(config).hexdigest(),
+        config_source=ConfigSource.PROC,
+        archive_sha256=str(expected["kheaders_tar_xz_sha256"]),
+        archive_size=kernel.archive.stat().st_size,
+        archive_source=ArchiveSource.SYSFS,
+        created="2026-11-22T06:30:00Z",
+        generation=generation,
+        file_count=0,
+        manifest_sha256="",
+        tool_version="0.1.0",
+    )
+    write_manifest_and_stamp(tree, stamp)
+    return tree
+
+
+def next_generation(tree: Path) -> Path:
+    """Generation N+1 of the same build, as the core makes after a forced regeneration."""
+    stamp = read_stamp(tree)
+    newer = tree.parent / f"gen-{stamp.generation + 1:04d}-{tree.name.split('-', 2)[2]}"
+    shutil.copytree(tree, newer, symlinks=True, copy_function=os.link)
+    write_manifest_and_stamp(newer, replace(stamp, generation=stamp.generation + 1))
+    return newer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def rpm_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """rpm and rpmbuild read ~/.rpmmacros and Debian's rpm keeps its db in ~/.rpmdb: not ours."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+        yield
+
+
+@pytest.fixture(scope="module", params=KERNELS_WITH_ARCHIVE)
+def generated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> GeneratedTree:
+    kernel = corpus_kernel(str(request.param))
+    root = tmp_path_factory.mktemp(f"tree-{kernel.name}")
+    return GeneratedTree(kernel, root, make_tree(kernel, root))
+
+
+@pytest.fixture(scope="module")
+def packages(generated: GeneratedTree, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("out")
+    layout = Layout(root=generated.root)
+    return {fmt: emit_package(layout, generated.tree, out, fmt) for fmt in ("deb", "rpm")}
+
+
+def scratch_root(path: Path, generated: GeneratedTree | None = None) -> Path:
+    """A merged-/usr root with an empty dpkg database, and `generated`'s tree hard-linked in."""
+    (path / "usr/lib").mkdir(parents=True)
+    (path / "lib").symlink_to("usr/lib")
+    admin = path / "var/lib/dpkg"
+    for sub in ("info", "updates", "triggers"):
+        (admin / sub).mkdir(parents=True)
+    (admin / "status").touch()
+    (path / "var/log").mkdir(parents=True)
+    if generated is not None:
+        dest = path / generated.tree.relative_to(generated.root)
+        dest.parent.mkdir(parents=True)
+        shutil.copytree(generated.tree, dest, symlinks=True, copy_function=os.link)
+    return path
+
+
+def rpm_root(path: Path, generated: GeneratedTree) -> Path:
+    """A root with an initialised rpmdb (and no dpkg database) and the tree in place."""
+    path.mkdir()
+    dest = path / generated.tree.relative_to(generated.root)
+    dest.parent.mkdir(parents=True)
+    shutil.copytree(generated.tree, dest, symlinks=True, copy_function=os.link)
+    (path / "var/lib/rpm").mkdir(parents=True)
+    tool(["rpm", "--root", path, "--dbpath", "/var/lib/rpm", "--initdb"])
+    return path
+
+
+def tool(argv: list[str | Path], ok: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=False)
+    if ok:
+        assert proc.returncode == 0, f"{argv}: {proc.stderr}"
+    return proc
+
+
+def dpkg(root: Path, *args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    return tool(
+        [
+            "dpkg",
+            f"--root={root}",
+            f"--admindir={root}/var/lib/dpkg",
+            "--log=/dev/null",
+            "--force-script-chrootless",
+            *args,
+        ],
+        ok=ok,
+    )
+
+
+def rpmq(root: Path, *args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    return tool(["rpm", "--root", root, "--dbpath", "/var/lib/rpm", *args], ok=ok)
+
+
+# --- emitted packages: what the tools themselves read from them -----------------------------
+
+
+def test_deb_metadata_names_the_release_and_build(
+    generated: GeneratedTree, packages: dict[str, Path]
+) -> None:
+    stamp = read_stamp(generated.tree)
+    fields = {
+        name: tool(["dpkg-deb", "--field", packages["deb"], name]).stdout.strip()
+        for name in ("Package", "Version", "Architecture", "Section", "Provides", "Description")
+    }
+    version = f"{stamp.generation}.{stamp.build_id[:12] if stamp.build_id else ''}"
+    assert fields["Package"] == deb_package_name(generated.release)
+    assert fields["Version"] == version
+    assert fields["Architecture"] == tool(["dpkg", "--print-architecture"]).stdout.strip()
+    assert fields["Section"] == "kernel"
+    assert fields["Provides"] == f"kernel-ikheaders-{generated.release} (= {version})"
+    assert "linux-headers" not in fields["Provides"]
+    assert stamp.archive_sha256 in fields["Description"]
+    assert generated.inside in fields["Description"]
+    info = tool(["dpkg-deb", "--info", packages["deb"]]).stdout
+    assert "md5sums" in info
+
+
+def test_deb_contents_are_the_tree_and_nothing_else(
+    generated: GeneratedTree, packages: dict[str, Path]
+) -> None:
+    listing = tool(["dpkg-deb", "--contents", packages["deb"]]).stdout.splitlines()
+    paths = {line.split(maxsplit=5)[5].split(" -> ")[0] for line in listing}
+    prefix = "." + generated.inside + "/"
+    files = {p.removeprefix(prefix) for p in paths if p.startswith(prefix) and not p.endswith("/")}
+    manifest = (generated.tree / MANIFEST_NAME).read_text().splitlines()
+    assert files == {line.split("\t")[3] for line in manifest} | {STAMP_NAME, MANIFEST_NAME}
+    assert not any("lib/modules" in p for p in paths)  # build/source links are not shipped
+    assert all(" root/root " in line for line in listing)
+
+
+def test_rpm_metadata_and_provides_are_honest(
+    generated: GeneratedTree, packages: dict[str, Path]
+) -> None:
+    stamp = read_stamp(generated.tree)
+    query = "%{NAME}|%{VERSION}|%{RELEASE}|%{ARCH}|%{PAYLOADCOMPRESSOR}"
+    info = tool(["rpm", "-qp", "--qf", query, packages["rpm"]]).stdout
+    name, version, release, arch, compressor = info.split("|")
+    assert name == rpm_package_name(generated.release)
+    assert version == f"{stamp.generation}.{(stamp.build_id or '')[:12]}"
+    assert (release, arch, compressor) == ("1", os.uname().machine, "xz")
+    provides = tool(["rpm", "-qp", "--provides", packages["rpm"]]).stdout
+    assert f"kernel-ikheaders-{generated.release} = {version}" in provides
+    assert "kernel-devel" not in provides
+    assert "kernel-devel-uname-r" in tool(["rpm", "-qpi", packages["rpm"]]).stdout  # says why
+    assert tool(["rpm", "-qp", "--requires", packages["rpm"]]).stdout.count("rpmlib(") >= 1
+    listed = tool(["rpm", "-qpl", packages["rpm"]]).stdout.splitlines()
+    manifest = (generated.tree / MANIFEST_NAME).read_text().splitlines()
+    assert len(listed) == len(manifest) + 2 + len(
+        {str(Path(line.split("\t")[3]).parent) for line in manifest} - {"."}
+    ) + 2  # files, stamp+manifest, directories, the tree and its release dir
+    assert f"{generated.inside}/{HEADER}" in listed
+    assert not any("/lib/modules/" in p for p in listed)
+
+
+# --- dpkg: registration, ownership, removal ---------------------------------------------------
+
+
+def test_registered_deb_owns_the_tree_and_removal_takes_it(
+    generated: GeneratedTree, tmp_path: Path
+) -> None:
+    root = scratch_root(tmp_path / "root", generated)
+    layout = Layout(root=root)
+    assert [f.name for f in families(layout)] == ["dpkg"]
+    header = f"{generated.inside}/{HEADER}"
+    before = (root / header.lstrip("/")).read_bytes()
+    assert owner_of(layout, header) is None
+
+    assert register_tree(layout, root / generated.inside.lstrip("/")) == "dpkg"
+    name = deb_package_name(generated.release)
+    assert dpkg(root, "-S", header).stdout.startswith(f"{name}: ")
+    owner = owner_of(layout, header)
+    assert owner == Owner("dpkg", name, read_stamp(generated.tree).generation.__str__() + "." + (
+        read_stamp(generated.tree).build_id or ""
+    )[:12])
+    assert owner is not None and owner.is_ours
+    assert (root / header.lstrip("/")).read_bytes() == before
+    assert not list((root / "var/lib/kheaders-pkg/packages").glob("*.deb"))  # cleaned up
+
+    unregister_release(layout, generated.release)
+    assert owner_of(layout, header) is None
+    assert "not-installed" in dpkg(root, "-s", name, ok=False).stderr + "not-installed"
+    assert not (root / header.lstrip("/")).exists()
+
+
+def test_plain_dpkg_installs_and_removes_the_emitted_deb(
+    generated: GeneratedTree, packages: dict[str, Path], tmp_path: Path
+) -> None:
+    root = scratch_root(tmp_path / "root")
+    dpkg(root, "-i", packages["deb"])
+    header = f"{generated.inside}/{HEADER}"
+    assert (root / header.lstrip("/")).read_bytes() == (generated.tree / HEADER).read_bytes()
+    assert dpkg(root, "-S", header).stdout.split(":")[0] == deb_package_name(generated.release)
+    dpkg(root, "--verify", deb_package_name(generated.release))  # md5sums match the files
+    dpkg(root, "-r", deb_package_name(generated.release))
+    assert not (root / header.lstrip("/")).exists()
+
+
+def test_new_generation_upgrades_the_same_package(generated: GeneratedTree, tmp_path: Path) -> None:
+    root = scratch_root(tmp_path / "root", generated)
+    layout = Layout(root=root)
+    first = root / generated.inside.lstrip("/")
+    register_tree(layout, first)
+    second = next_generation(first)
+    register_tree(layout, second)
+    name = deb_package_name(generated.release)
+    status = dpkg(root, "-s", name).stdout
+    assert f"Version: {read_stamp(second).version_hint if False else ''}" in status
+    assert f"Version: 2.{(read_stamp(second).build_id or '')[:12]}" in status
+    owner = owner_of(layout, "/" + (second / HEADER).relative_to(root).as_posix())
+    assert owner is not None and owner.package == name
+    # dpkg removes what the old version listed and the new one does not: generation 1's files.
+    assert not (first / HEADER).exists()
+
+
+# --- Debian's own linux-headers and ours in one root ---------------------------------------
+
+
+def _debian_debs(kernel: CorpusKernel) -> list[Path]:
+    return sorted(kernel.debs.glob("*.deb"))
+
+
+@pytest.mark.parametrize("ours_first", [True, False], ids=["ours-first", "debian-first"])
+def test_coexists_with_debian_linux_headers(
+    generated: GeneratedTree, tmp_path: Path, ours_first: bool
+) -> None:
+    if not generated.kernel.debs.is_dir():
+        pytest.skip(f"{generated.kernel.name} is not a Debian kernel (no debs/)")
+    root = scratch_root(tmp_path / "root", generated)
+    layout = Layout(root=root)
+    tree = root / generated.inside.lstrip("/")
+    debs = _debian_debs(generated.kernel)
+    if ours_first:
+        register_tree(layout, tree)
+        dpkg(root, "--unpack", *debs)  # their postinst needs a full system: unpack only
+    else:
+        dpkg(root, "--unpack", *debs)
+        register_tree(layout, tree)
+
+    release = generated.release
+    theirs = owner_of(layout, f"/lib/modules/{release}/build")
+    assert theirs is not None and theirs.package == f"linux-headers-{release}"
+    assert not theirs.is_ours
+    assert theirs.version is not None and theirs.version.startswith(
+        str(generated.kernel.expected["proc_version"]).split(" Debian ")[1].split()[0]
+    )
+    config = owner_of(layout, f"/usr/src/linux-headers-{release}/.config")
+    assert config is not None and config.package == f"linux-headers-{release}"
+    ours = owner_of(layout, f"{generated.inside}/{HEADER}")
+    assert ours is not None and ours.package == deb_package_name(release)
+
+    before = {p: p.read_bytes() for p in (root / f"usr/src/linux-headers-{release}").rglob("*")
+              if p.is_file() and not p.is_symlink()}
+    unregister_release(layout, release)
+    after = {p: p.read_bytes() for p in (root / f"usr/src/linux-headers-{release}").rglob("*")
+             if p.is_file() and not p.is_symlink()}
+    assert before == after
+    assert (root / f"lib/modules/{release}/build").is_symlink()
+    assert owner_of(layout, f"/lib/modules/{release}/build") == theirs
+    assert owner_of(layout, f"{generated.inside}/{HEADER}") is None
+
+
+# --- rpm: registration with --justdb, ownership through the bindings --------------------------
+
+
+def test_registered_rpm_owns_the_tree_through_the_bindings(
+    generated: GeneratedTree, tmp_path: Path
+) -> None:
+    root = rpm_root(tmp_path / "root", generated)
+    layout = Layout(root=root)
+    assert [f.name for f in families(layout)] == ["rpm"]
+    header = f"{generated.inside}/{HEADER}"
+    assert owner_of(layout, header) is None
+    assert register_tree(layout, root / generated.inside.lstrip("/")) == "rpm"
+
+    name = rpm_package_name(generated.release)
+    stamp = read_stamp(generated.tree)
+    version = f"{stamp.generation}.{(stamp.build_id or '')[:12]}"
+    assert owner_of(layout, header) == Owner("rpm", name, f"{version}-1")
+    assert rpmq(root, "-qf", header).stdout.strip() == f"{name}-{version}-1.{os.uname().machine}"
+    provider = rpmq(root, "-q", "--whatprovides", f"kernel-ikheaders-{generated.release}")
+    assert provider.stdout.startswith(name)
+    devel = rpmq(root, "-q", "--whatprovides", f"kernel-devel-uname-r = {generated.release}", ok=False)
+    assert devel.returncode != 0
+
+    # A new generation replaces the record; --justdb leaves files to the core's gc.
+    tree = root / generated.inside.lstrip("/")
+    newer = next_generation(tree)
+    register_tree(layout, newer)
+    owner = owner_of(layout, "/" + (newer / HEADER).relative_to(root).as_posix())
+    assert owner is not None and owner.version == f"2.{(stamp.build_id or '')[:12]}-1"
+    assert owner_of(layout, header) is None
+    assert (tree / HEADER).exists()
+
+    unregister_release(layout, generated.release)
+    assert rpmq(root, "-q", name, ok=False).returncode != 0
+
+
+# --- the registration queue ---------------------------------------------------------------
+
+
+def _hold_lock(path: Path) -> subprocess.Popen[str]:
+    code = (
+        "import fcntl, sys\n"
+        f"f = open({str(path)!r}, 'a+')\n"
+        "fcntl.lockf(f, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None and child.stdout.readline() == "held\n"
+    return child
+
+
+@pytest.mark.parametrize("lock", ["var/lib/dpkg/lock-frontend", "var/lib/dpkg/lock"])
+def test_registration_under_dpkg_lock_is_queued_then_drained(
+    generated: GeneratedTree, tmp_path: Path, lock: str
+) -> None:
+    root = scratch_root(tmp_path / "root", generated)
+    layout = Layout(root=root)
+    tree = root / generated.inside.lstrip("/")
+    holder = _hold_lock(root / lock)
+    try:
+        with pytest.raises(QueuedError) as caught:
+            register_tree(layout, tree)
+        assert caught.value.exit_code == ExitCode.QUEUED == 12
+        assert "queued" in str(caught.value) and str(holder.pid) in str(caught.value)
+        assert queue_file(layout, generated.release).is_file()
+        assert drain_queue(layout) == []  # still locked: nothing done, nothing lost
+        assert len(pending(layout)) == 1
+    finally:
+        holder.communicate("")
+    assert owner_of(layout, f"{generated.inside}/{HEADER}") is None
+    assert drain_queue(layout) == [generated.release]
+    assert not queue_file(layout, generated.release).exists()
+    owner = owner_of(layout, f"{generated.inside}/{HEADER}")
+    assert owner is not None and owner.package == deb_package_name(generated.release)
+    assert dpkg(root, "-S", f"{generated.inside}/{HEADER}").returncode == 0
+
+
+def test_registration_under_rpmdb_lock_is_queued_then_drained(
+    generated: GeneratedTree, tmp_path: Path
+) -> None:
+    root = rpm_root(tmp_path / "root", generated)
+    layout = Layout(root=root)
+    holder = _hold_lock(root / "var/lib/rpm/.rpm.lock")
+    try:
+        with pytest.raises(QueuedError):
+            register_tree(layout, root / generated.inside.lstrip("/"))
+    finally:
+        holder.communicate("")
+    assert drain_queue(layout) == [generated.release]
+    owner = owner_of(layout, f"{generated.inside}/{HEADER}")
+    assert owner is not None and owner.package == rpm_package_name(generated.release)
+
+
+def test_unregistration_under_lock_is_queued_too(generated: GeneratedTree, tmp_path: Path) -> None:
+    root = scratch_root(tmp_path / "root", generated)
+    layout = Layout(root=root)
+    register_tree(layout, root / generated.inside.lstrip("/"))
+    holder = _hold_lock(root / "var/lib/dpkg/lock-frontend")
+    try:
+        with pytest.raises(QueuedError):
+            unregister_release(layout, generated.release)
+    finally:
+        holder.communicate("")
+    assert drain_queue(layout) == [generated.release]
+    assert owner_of(layout, f"{generated.inside}/{HEADER}") is None
+
+
+def test_queued_request_for_a_vanished_tree_is_dropped(
+    generated: GeneratedTree, tmp_path: Path
+) -> None:
+    root = scratch_root(tmp_path / "root", generated)
+    layout = Layout(root=root)
+    tree = root / generated.inside.lstrip("/")
+    holder = _hold_lock(root / "var/lib/dpkg/lock-frontend")
+    try:
+        with pytest.raises(QueuedError):
+            register_tree(layout, tree)
+    finally:
+        holder.communicate("")
+    shutil.rmtree(tree)  # the core collected it meanwhile
+    assert drain_queue(layout) == []
+    assert pending(layout) == []
+
+
+def test_tree_that_differs_from_its_manifest_is_not_packaged(
+    generated: GeneratedTree, tmp_path: Path
+) -> None:
+    root = scratch_root(tmp_path / "root", generated)
+    tree = root / generated.inside.lstrip("/")
+    target = tree / HEADER
+    data = target.read_bytes()
+    target.unlink()  # break the hard link before changing the file
+    target.write_bytes(data + b"/* changed */\n")
+    from kheaders_pkg.errors import PackagingError
+
+    with pytest.raises(PackagingError, match="differs from its manifest"):
+        emit_package(Layout(root=root), tree, tmp_path / "out", "deb")
+    assert rpmlib is not None

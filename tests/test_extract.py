@@ -1,0 +1,450 @@
+"""extract.py against the real archives: the same tree as GNU tar, the manifest, reuse."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import lzma
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kheaders_pkg.errors import ArchiveError, ExitCode, FilesystemError
+from kheaders_pkg.extract import (
+    MANIFEST_NAME,
+    Entry,
+    ExtractResult,
+    ManifestError,
+    extract_archive,
+    parse_manifest,
+    render_manifest,
+    verify_tree,
+)
+
+from conftest import KERNELS_WITH_ARCHIVE, CorpusKernel, corpus_kernel
+
+# The one header that differs between the two builds of 6.1.192-kh (corpus README).
+CHANGED_HEADER = "include/linux/kernel.h"
+
+
+@dataclass(frozen=True)
+class Extracted:
+    kernel: CorpusKernel
+    ours: Path
+    tar: Path
+    result: ExtractResult
+
+
+def _fresh_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700)
+    return path
+
+
+@pytest.fixture(scope="module", params=KERNELS_WITH_ARCHIVE)
+def extracted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Extracted:
+    """Each corpus archive extracted once by us and once by GNU tar."""
+    kernel = corpus_kernel(str(request.param))
+    base = tmp_path_factory.mktemp(kernel.name)
+    ours = _fresh_dir(base / "ours")
+    result = extract_archive(kernel.archive, ours)
+    tar = _fresh_dir(base / "tar")
+    subprocess.run(["tar", "-xJf", str(kernel.archive), "-C", str(tar)], check=True)
+    return Extracted(kernel, ours, tar, result)
+
+
+def _walk(root: Path) -> dict[str, os.stat_result]:
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            found[str(p.relative_to(root))] = p.lstat()
+    return found
+
+
+def _normalised_mode(st: os.stat_result) -> int:
+    if stat.S_ISDIR(st.st_mode):
+        return 0o755
+    return 0o755 if st.st_mode & 0o111 else 0o644
+
+
+def test_extraction_gives_the_same_members_as_gnu_tar(extracted: Extracted) -> None:
+    ours, theirs = _walk(extracted.ours), _walk(extracted.tar)
+    assert sorted(ours) == sorted(theirs)
+    for rel, st in theirs.items():
+        mine = ours[rel]
+        assert stat.S_IFMT(mine.st_mode) == stat.S_IFMT(st.st_mode), rel
+        if stat.S_ISLNK(st.st_mode):
+            assert os.readlink(extracted.ours / rel) == os.readlink(extracted.tar / rel)
+            continue
+        assert stat.S_IMODE(mine.st_mode) == _normalised_mode(st), rel
+        assert mine.st_mtime_ns == st.st_mtime_ns, rel
+        if stat.S_ISREG(st.st_mode):
+            assert mine.st_size == st.st_size, rel
+            assert (extracted.ours / rel).read_bytes() == (extracted.tar / rel).read_bytes(), rel
+
+
+def test_real_archives_hold_a_few_in_tree_symlinks(extracted: Extracted) -> None:
+    links = {e.path: e.target for e in extracted.result.entries if e.kind == "l"}
+    assert 3 <= len(links) <= 4
+    assert links["include/dt-bindings/input/linux-event-codes.h"] == (
+        "../../uapi/linux/input-event-codes.h"
+    )
+
+
+def test_archive_digest_is_the_sha256_of_the_compressed_file(extracted: Extracted) -> None:
+    assert extracted.result.archive_sha256 == extracted.kernel.expected["kheaders_tar_xz_sha256"]
+    assert extracted.result.archive_size == extracted.kernel.archive.stat().st_size
+
+
+def test_result_entries_describe_the_extracted_tree(extracted: Extracted) -> None:
+    result = extracted.result
+    paths = [e.path for e in result.entries]
+    assert paths == sorted(paths)
+    tree = _walk(extracted.tar)
+    files = {p for p, st in tree.items() if stat.S_ISREG(st.st_mode)}
+    assert {e.path for e in result.entries if e.kind == "f"} == files
+    assert result.directories == sum(stat.S_ISDIR(st.st_mode) for st in tree.values())
+    assert result.total_bytes == sum(tree[p].st_size for p in files)
+    for e in result.entries[:50]:
+        if e.kind == "f":
+            assert e.sha256 == hashlib.sha256((extracted.tar / e.path).read_bytes()).hexdigest()
+    assert verify_tree(extracted.ours, result.entries) == []
+
+
+def test_reading_from_a_stream_gives_the_same_result_as_from_a_path(
+    extracted: Extracted, tmp_path: Path
+) -> None:
+    """A pipe-like source cannot be seeked: the 6.12 archive's blocks are then decoded in turn."""
+
+    class Unseekable(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self._inner = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+            return self._inner.readinto(b)
+
+    data = extracted.kernel.archive.read_bytes()
+    result = extract_archive(
+        io.BufferedReader(Unseekable(data)),  # type: ignore[arg-type]
+        _fresh_dir(tmp_path / "dest"),
+    )
+    assert result == extracted.result
+
+
+def test_manifest_round_trips_through_render_and_parse(extracted: Extracted) -> None:
+    text = render_manifest(extracted.result.entries)
+    assert text.count("\n") == len(extracted.result.entries)
+    assert parse_manifest(text) == extracted.result.entries
+
+
+def test_manifest_lines_have_the_documented_format() -> None:
+    entries = [
+        Entry("include/b.h", "l", 0, None, "a.h"),
+        Entry("include/a.h", "f", 3, "ab" * 32, None),
+    ]
+    assert render_manifest(entries) == (
+        f"f\t{'ab' * 32}\t3\tinclude/a.h\nl\ta.h\t-\tinclude/b.h\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(f"f\t{'a' * 64}\t1\tb\nf\t{'a' * 64}\t1\ta\n", id="unsorted"),
+        pytest.param(f"f\t{'a' * 64}\t1\ta\nf\t{'a' * 64}\t1\ta\n", id="repeated"),
+        pytest.param(f"f\t{'A' * 64}\t1\ta\n", id="uppercase-hash"),
+        pytest.param(f"f\t{'a' * 63}\t1\ta\n", id="short-hash"),
+        pytest.param(f"f\t{'a' * 64}\t01\ta\n", id="size-with-leading-zero"),
+        pytest.param(f"f\t{'a' * 64}\t-\ta\n", id="file-without-size"),
+        pytest.param("l\tx\t0\ta\n", id="link-with-size"),
+        pytest.param(f"f\t{'a' * 64}\t1\ta", id="unterminated"),
+        pytest.param(f"f\t{'a' * 64}\t1\n", id="three-fields"),
+        pytest.param(f"d\t{'a' * 64}\t1\ta\n", id="unknown-kind"),
+        pytest.param(f"f\t{'a' * 64}\t1\t../a\n", id="dotdot"),
+        pytest.param(f"f\t{'a' * 64}\t1\t/a\n", id="absolute"),
+        pytest.param(f"f\t{'a' * 64}\t1\ta\nf\t{'a' * 64}\t1\ta/b\n", id="under-a-file"),
+        pytest.param(f"l\tx\t-\ta\nf\t{'a' * 64}\t1\ta-b\nf\t{'a' * 64}\t1\ta/c\n", id="under-link"),
+        pytest.param("l\t\t-\ta\n", id="link-without-target"),
+    ],
+)
+def test_parse_manifest_refuses_malformed_text(text: str) -> None:
+    with pytest.raises(ManifestError) as err:
+        parse_manifest(text)
+    assert "\n" not in str(err.value)
+    assert err.value.exit_code == ExitCode.FILESYSTEM
+
+
+def test_parse_manifest_of_nothing_is_empty() -> None:
+    assert parse_manifest("") == ()
+
+
+# -- verify_tree ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_tree(tmp_path: Path) -> tuple[Path, tuple[Entry, ...]]:
+    dest = _fresh_dir(tmp_path / "tree")
+    result = extract_archive(corpus_kernel("kh-6.1.192-kh-a").archive, dest)
+    return dest, result.entries
+
+
+def test_verify_tree_of_an_intact_tree_finds_nothing(
+    small_tree: tuple[Path, tuple[Entry, ...]],
+) -> None:
+    tree, entries = small_tree
+    assert verify_tree(tree, entries) == []
+
+
+def test_verify_tree_finds_a_removed_file(small_tree: tuple[Path, tuple[Entry, ...]]) -> None:
+    tree, entries = small_tree
+    (tree / "include/linux/kernel.h").unlink()
+    assert verify_tree(tree, entries) == ["missing: include/linux/kernel.h"]
+
+
+def test_verify_tree_finds_a_truncated_file(small_tree: tuple[Path, tuple[Entry, ...]]) -> None:
+    tree, entries = small_tree
+    path = tree / "include/linux/kernel.h"
+    os.truncate(path, path.stat().st_size // 2)
+    [problem] = verify_tree(tree, entries)
+    assert problem.startswith("size: include/linux/kernel.h")
+
+
+def test_verify_tree_finds_a_changed_byte(small_tree: tuple[Path, tuple[Entry, ...]]) -> None:
+    tree, entries = small_tree
+    path = tree / "include/linux/kernel.h"
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert verify_tree(tree, entries) == ["hash: include/linux/kernel.h: content differs"]
+
+
+def test_verify_tree_finds_a_symlink_replaced_by_a_file(
+    small_tree: tuple[Path, tuple[Entry, ...]],
+) -> None:
+    tree, entries = small_tree
+    link = tree / "include/dt-bindings/input/linux-event-codes.h"
+    link.unlink()
+    link.write_text("x")
+    assert verify_tree(tree, entries) == [
+        "kind: include/dt-bindings/input/linux-event-codes.h: expected a symlink"
+    ]
+
+
+def test_verify_tree_finds_a_file_replaced_by_a_symlink(
+    small_tree: tuple[Path, tuple[Entry, ...]],
+) -> None:
+    tree, entries = small_tree
+    path = tree / "include/linux/kernel.h"
+    path.unlink()
+    path.symlink_to("types.h")
+    assert verify_tree(tree, entries) == ["kind: include/linux/kernel.h: expected a regular file"]
+
+
+# -- reuse of the previous tree ------------------------------------------------------------
+
+
+def _publish_like(tree: Path, result: ExtractResult) -> Path:
+    (tree / MANIFEST_NAME).write_text(render_manifest(result.entries))
+    return tree
+
+
+def test_reuse_hard_links_every_unchanged_file_from_the_previous_tree(tmp_path: Path) -> None:
+    a = corpus_kernel("kh-6.1.192-kh-a")
+    b = corpus_kernel("kh-6.1.192-kh-b")
+    prev = _fresh_dir(tmp_path / "a")
+    prev_result = extract_archive(a.archive, prev)
+    _publish_like(prev, prev_result)
+    new = _fresh_dir(tmp_path / "b")
+
+    result = extract_archive(b.archive, new, previous=prev)
+
+    files = [e for e in result.entries if e.kind == "f"]
+    assert result.reused == len(files) - 1
+    for e in files:
+        mine, theirs = (new / e.path).stat(), (prev / e.path).stat()
+        if e.path == CHANGED_HEADER:
+            assert mine.st_ino != theirs.st_ino
+            assert mine.st_nlink == 1
+        else:
+            assert mine.st_ino == theirs.st_ino, e.path
+            assert mine.st_nlink == 2, e.path
+    # The new tree is b's tree, byte for byte, and a's tree is untouched.
+    assert verify_tree(new, result.entries) == []
+    assert verify_tree(prev, prev_result.entries) == []
+    assert result.archive_sha256 == b.expected["kheaders_tar_xz_sha256"]
+    changed = {e.path for e in set(result.entries) - set(prev_result.entries)}
+    assert changed == {CHANGED_HEADER}
+
+
+def test_reuse_writes_a_copy_when_the_previous_file_has_another_mtime(tmp_path: Path) -> None:
+    a = corpus_kernel("kh-6.1.192-kh-a")
+    prev = _fresh_dir(tmp_path / "a")
+    _publish_like(prev, extract_archive(a.archive, prev))
+    os.utime(prev / "include/linux/types.h", (0, 0))
+    new = _fresh_dir(tmp_path / "b")
+
+    result = extract_archive(a.archive, new, previous=prev)
+
+    assert (new / "include/linux/types.h").stat().st_nlink == 1
+    assert (new / "include/linux/types.h").stat().st_mtime != 0
+    assert (new / "include/linux/kernel.h").stat().st_nlink == 2
+    assert result.reused == sum(e.kind == "f" for e in result.entries) - 1
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_reuse_is_skipped_when_the_previous_manifest_is_unusable(
+    tmp_path: Path, damage: str
+) -> None:
+    a = corpus_kernel("kh-6.1.192-kh-a")
+    prev = _fresh_dir(tmp_path / "a")
+    _publish_like(prev, extract_archive(a.archive, prev))
+    if damage == "missing":
+        (prev / MANIFEST_NAME).unlink()
+    else:
+        (prev / MANIFEST_NAME).write_text("garbage\n")
+    new = _fresh_dir(tmp_path / "b")
+
+    result = extract_archive(a.archive, new, previous=prev)
+
+    assert result.reused == 0
+    assert (new / "include/linux/kernel.h").stat().st_nlink == 1
+    assert verify_tree(new, result.entries) == []
+
+
+# -- small archives: normalisation and the legal corners of tar ----------------------------
+
+
+def _archive(
+    members: list[tuple[tarfile.TarInfo, bytes | None]], fmt: int = tarfile.GNU_FORMAT
+) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return lzma.compress(buf.getvalue(), format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64)
+
+
+def _file(name: str, data: bytes = b"x", mode: int = 0o644, mtime: int = 1_700_000_000) -> tuple[
+    tarfile.TarInfo, bytes
+]:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, mtime
+    return info, data
+
+
+def _dir(name: str, mode: int = 0o755) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime = tarfile.DIRTYPE, mode, 1_600_000_000
+    return info, None
+
+
+def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, target, 0o777
+    return info, None
+
+
+def _extract_bytes(data: bytes, tmp_path: Path) -> tuple[Path, ExtractResult]:
+    dest = _fresh_dir(tmp_path / "dest")
+    return dest, extract_archive(io.BytesIO(data), dest)
+
+
+def test_modes_are_normalised_to_0644_0755_whatever_the_umask(tmp_path: Path) -> None:
+    data = _archive(
+        [
+            _dir("./"),
+            _dir("./include/", 0o700),
+            _file("./include/exec.sh", mode=0o700),
+            _file("./include/group-x.h", mode=0o610),
+            _file("./include/private.h", mode=0o600),
+        ]
+    )
+    old = os.umask(0o077)
+    try:
+        dest, _ = _extract_bytes(data, tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((dest / "include").stat().st_mode) == 0o755
+    assert stat.S_IMODE((dest / "include/exec.sh").stat().st_mode) == 0o755
+    assert stat.S_IMODE((dest / "include/group-x.h").stat().st_mode) == 0o755
+    assert stat.S_IMODE((dest / "include/private.h").stat().st_mode) == 0o644
+
+
+def test_archive_mtimes_are_kept_on_files_directories_and_links(tmp_path: Path) -> None:
+    link = _link("include/l.h", "a.h")
+    link[0].mtime = 1_500_000_000
+    dest, _ = _extract_bytes(_archive([_dir("include/"), _file("include/a.h"), link]), tmp_path)
+    assert (dest / "include/a.h").stat().st_mtime == 1_700_000_000
+    assert (dest / "include").stat().st_mtime == 1_600_000_000
+    assert (dest / "include/l.h").lstat().st_mtime == 1_500_000_000
+
+
+def test_missing_parent_directories_are_created(tmp_path: Path) -> None:
+    dest, result = _extract_bytes(_archive([_file("include/linux/deep/a.h", b"abc")]), tmp_path)
+    assert (dest / "include/linux/deep/a.h").read_bytes() == b"abc"
+    assert result.directories == 3
+    assert stat.S_IMODE((dest / "include/linux").stat().st_mode) == 0o755
+
+
+def test_hard_link_to_an_earlier_file_shares_its_inode(tmp_path: Path) -> None:
+    members = [_file("include/a.h", b"same"), _link("include/b.h", "include/a.h", tarfile.LNKTYPE)]
+    dest, result = _extract_bytes(_archive(members), tmp_path)
+    assert (dest / "include/a.h").stat().st_ino == (dest / "include/b.h").stat().st_ino
+    assert [e.path for e in result.entries] == ["include/a.h", "include/b.h"]
+    assert result.entries[0].sha256 == result.entries[1].sha256
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_long_names_are_accepted_in_every_tar_format(tmp_path: Path, fmt: int) -> None:
+    name = "include/" + "d" * 90 + "/" + "f" * 60 + ".h"
+    target = "../" + "t" * 90 + "/" + "u" * 60 + ".h"
+    dest, result = _extract_bytes(
+        _archive([_file(name, b"long"), _link(name + "l", target)], fmt), tmp_path
+    )
+    assert (dest / name).read_bytes() == b"long"
+    assert os.readlink(dest / (name + "l")) == target
+    assert len(result.entries) == 2
+
+
+def test_a_pax_mtime_with_a_fraction_is_kept_to_the_nanosecond(tmp_path: Path) -> None:
+    info, data = _file("include/a.h")
+    info.pax_headers = {"mtime": "1700000000.123456789"}
+    dest, _ = _extract_bytes(_archive([(info, data)], tarfile.PAX_FORMAT), tmp_path)
+    assert (dest / "include/a.h").stat().st_mtime_ns == 1_700_000_000_123_456_789
+
+
+def test_a_member_larger_than_the_read_chunks_is_written_whole(tmp_path: Path) -> None:
+    data = os.urandom(3 << 20)
+    dest, result = _extract_bytes(_archive([_file("include/big.h", data)]), tmp_path)
+    assert (dest / "include/big.h").read_bytes() == data
+    assert result.entries[0].sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_non_empty_staging_directory_is_refused(tmp_path: Path) -> None:
+    dest = _fresh_dir(tmp_path / "dest")
+    (dest / "leftover").write_text("x")
+    with pytest.raises(FilesystemError, match="not empty"):
+        extract_archive(corpus_kernel("kh-6.1.192-kh-a").archive, dest)
+
+
+def test_a_missing_archive_file_is_an_archive_error(tmp_path: Path) -> None:
+    with pytest.raises(ArchiveError, match="cannot read archive"):
+        extract_archive(tmp_path / "nope.tar.xz", _fresh_dir(tmp_path / "dest"))
+
+
+def test_kernel_archive_of_a_copy_extracts_the_same(tmp_path: Path) -> None:
+    """A copy outside sysfs (e.g. `--archive FILE`) reads the same as the original."""
+    kernel = corpus_kernel("debian-6.12.107+deb13-amd64")
+    copy = tmp_path / "kheaders.tar.xz"
+    shutil.copyfile(kernel.archive, copy)
+    result = extract_archive(copy, _fresh_dir(tmp_path / "dest"))
+    assert result.archive_sha256 == kernel.expected["kheaders_tar_xz_sha256"]
