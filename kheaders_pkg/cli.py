@@ -325,12 +325,22 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_hooks(args: argparse.Namespace) -> int:
-    from kheaders_pkg.hooks import hooks_command
+    import shutil
+
+    from kheaders_pkg.hooks import HookSystem, install_hooks, remove_hooks
 
     layout, _ = _layout_and_config(args)
-    for line in hooks_command(layout, args.action, args.system):
-        if not args.quiet:
-            print(line)
+    if args.action == "install":
+        exe = args.executable or shutil.which("kheaders-pkg") or str(Path(sys.argv[0]).resolve())
+        system = HookSystem(args.system) if args.system else None
+        paths = install_hooks(layout, system, exe)
+        verb = "installed"
+    else:
+        paths = remove_hooks(layout)
+        verb = "removed"
+    if not args.quiet:
+        for p in paths:
+            print(f"{verb} {p}")
     return 0
 
 

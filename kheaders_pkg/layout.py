@@ -191,9 +191,9 @@ class Layout:
         return self.host(CONFIG_PATH)
 
     # --- a kernel's files on disk (not running) -----------------------------------------------
-    def kernel_module(self, release: str, name: str) -> Path:
-        """Directory and stem of an in-tree module, `kernel/kernel/NAME.ko[.xz|.zst|.gz]`."""
-        return self.modules_dir(release) / "kernel" / "kernel" / name
+    def kernel_module_dir(self, release: str) -> Path:
+        """Where kheaders.ko and configs.ko live: `kernel/kernel/` (from the kernel/ source dir)."""
+        return self.modules_dir(release) / "kernel" / "kernel"
 
     def kernel_images(self, release: str) -> tuple[Path, ...]:
         """Where distributions put the kernel image: Debian /boot, Fedora/Arch /lib/modules."""

@@ -17,12 +17,13 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from kheaders_pkg.errors import BusyError, FilesystemError, UnsafePathError
 from kheaders_pkg.layout import (
@@ -37,6 +38,16 @@ log = logging.getLogger("kheaders-pkg")
 TRASH_PREFIX = ".trash-"
 TMP_LINK_SUFFIX = ".kheaders-pkg-new"
 _GEN = re.compile(r"^gen-(\d{4,})-([0-9a-f]{1,40})$")
+
+# Test-only fault injection: tests/test_reliability_crash.py sets KHEADERS_PKG_CRASH_AT=<point>
+# to SIGKILL this process at a named point and prove that a crash there leaves a consistent root.
+# It only ever kills this process itself; unset (always, outside those tests) it does nothing.
+CRASH_ENV = "KHEADERS_PKG_CRASH_AT"
+
+
+def crash_point(point: str) -> None:
+    if os.environ.get(CRASH_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,16 @@ def ensure_own_dir(path: Path) -> Path:
     return path
 
 
+def own_dir(layout: Layout, inside: str) -> Path:
+    """One of our configured directories (trees, state), checked as itself.
+
+    `layout.host()` resolves every symlink, which would hide one at the directory's own name and
+    let `_check_owned_dir` pass on whatever it points to: resolve only the parent.
+    """
+    p = PurePosixPath(inside)
+    return ensure_own_dir(layout.host(p.parent) / p.name)
+
+
 def ensure_modules_dir(layout: Layout, release: str) -> Path:
     """/lib/modules/$KVER exists for any installed kernel; a bare kernel may lack it."""
     path = layout.modules_dir(release)
@@ -101,7 +122,7 @@ def ensure_modules_dir(layout: Layout, release: str) -> Path:
 @contextmanager
 def locked(layout: Layout, timeout: float) -> Iterator[None]:
     """One lock for every run that writes (sync, gc, restore, remove), on the trees' filesystem."""
-    trees = ensure_own_dir(layout.trees())
+    trees = own_dir(layout, layout.trees_dir)
     path = trees / ".lock"
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -180,7 +201,7 @@ def fsync_dir(path: Path) -> None:
 
 def new_staging(layout: Layout, release: str) -> Path:
     """A fresh private directory next to the generations (same filesystem, for the rename)."""
-    trees = ensure_own_dir(layout.trees())
+    trees = own_dir(layout, layout.trees_dir)
     path = trees / f"{STAGING_PREFIX}{release}-{secrets.token_hex(4)}"
     try:
         os.mkdir(path, 0o700)
@@ -219,16 +240,19 @@ def write_new_file(base: Path, rel: str, data: bytes, mode: int = 0o644) -> None
 
 def finish_generation(layout: Layout, release: str, staging: Path, name: str) -> Path:
     """Sync the staging tree and rename it into place as a generation; returns its path."""
-    base = ensure_own_dir(layout.release_trees(release))
+    base = ensure_own_dir(own_dir(layout, layout.trees_dir) / release)
     final = base / name
     os.chmod(staging, 0o755)
+    crash_point("before-syncfs")
     syncfs(staging)
+    crash_point("after-syncfs")
     try:
         os.rename(staging, final)
     except OSError as e:
         if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
             raise UnsafePathError(f"{final} already exists; refusing to replace it") from None
         raise
+    crash_point("after-rename-generation")
     fsync_dir(base)
     return final
 
@@ -239,6 +263,7 @@ def remove_tree(path: Path) -> None:
         return
     trash = path.parent / f"{TRASH_PREFIX}{path.name}-{secrets.token_hex(4)}"
     os.rename(path, trash)
+    crash_point("after-trash-rename")
     shutil.rmtree(trash)
 
 
@@ -297,6 +322,7 @@ def swap_link(layout: Layout, release: str, name: LinkName, target: str | None) 
     with suppress(FileNotFoundError):
         tmp.unlink()
     os.symlink(target, tmp)
+    crash_point(f"before-swap-{name}")
     try:
         # rename(2) of a symlink over a real directory fails (EISDIR/ENOTDIR/ENOTEMPTY): a
         # distro's directory can never be replaced by accident.
@@ -305,6 +331,7 @@ def swap_link(layout: Layout, release: str, name: LinkName, target: str | None) 
         with suppress(OSError):
             tmp.unlink()
         raise
+    crash_point(f"after-swap-{name}")
     fsync_dir(mdir)
 
 
@@ -328,12 +355,15 @@ def write_record(layout: Layout, release: str, original: dict[str, str | None]) 
     """Remember the original links once: the first record is the truth `restore` puts back."""
     if read_record(layout, release) is not None:
         return
-    path = layout.diverted_record(release)
-    ensure_own_dir(layout.state())
-    ensure_own_dir(path.parent)
+    path = ensure_own_dir(own_dir(layout, layout.state_dir) / "links") / f"{release}.json"
     tmp = path.with_name(path.name + ".new")
-    tmp.write_text(json.dumps(original, indent=1, sort_keys=True) + "\n")
-    with open(tmp, "rb") as f:
+    # A leftover (or planted) NAME.json.new is replaced, never written through.
+    with suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write((json.dumps(original, indent=1, sort_keys=True) + "\n").encode())
+        f.flush()
         os.fsync(f.fileno())
     os.rename(tmp, path)
     fsync_dir(path.parent)
@@ -361,6 +391,7 @@ def referenced(layout: Layout, release: str) -> set[Path]:
 
 def gc(layout: Layout, keep: int) -> list[Path]:
     """Remove generations nothing points to, keeping the `keep` newest of those per release."""
+    crash_point("before-gc")
     removed: list[Path] = []
     trees = layout.trees()
     try:
@@ -368,6 +399,8 @@ def gc(layout: Layout, keep: int) -> list[Path]:
     except (FileNotFoundError, NotADirectoryError):
         return removed
     for release in releases:
+        if not stat.S_ISDIR(os.lstat(trees / release).st_mode):
+            continue  # a symlink or a file there is not ours: never follow it to delete
         try:
             gens = generations(layout, release)
         except Exception:

@@ -25,6 +25,7 @@ from kheaders_pkg.kernel.identity import ArchiveRef, KernelFacts
 from kheaders_pkg.kernel.kconfig import autoconf_disagreements, render_auto_conf
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
 from kheaders_pkg.publish import (
+    crash_point,
     finish_generation,
     fs_error,
     generation_name,
@@ -102,6 +103,7 @@ def build_generation(
     try:
         with open_archive(layout, archive) as stream:
             result: ExtractResult = extract_archive(stream, staging, previous=previous)
+        crash_point("after-extract")
         warnings: list[str] = []
         autoconf = staging / "include/generated/autoconf.h"
         if facts.config is not None and autoconf.is_file():
@@ -139,6 +141,7 @@ def build_generation(
             manifest_sha256=hashlib.sha256(manifest).hexdigest(),
             tool_version=__version__,
         )
+        crash_point("before-stamp")
         # The stamp goes last: a tree with a stamp is a complete tree.
         write_new_file(staging, STAMP_NAME, stamp.to_json().encode())
         path = finish_generation(layout, release, staging, name)

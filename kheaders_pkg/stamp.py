@@ -72,7 +72,7 @@ _INT = {"archive_size", "generation", "file_count", "format"}
 def parse_stamp(text: str, where: str = STAMP_NAME) -> Stamp:
     try:
         data = json.loads(text)
-    except ValueError as e:
+    except json.JSONDecodeError as e:
         raise StampError(f"{where}: not valid JSON ({e.msg} at char {e.pos})") from None
     if not isinstance(data, dict):
         raise StampError(f"{where}: not a JSON object")

@@ -60,7 +60,7 @@ def kernel_facts(
         from kheaders_pkg.kernel.identity import ArchiveRef
         from kheaders_pkg.kernel.kmod import find_module
 
-        ko = find_module(layout.kernel_module(facts.identity.release, "").parent, "kheaders")
+        ko = find_module(layout.kernel_module_dir(facts.identity.release), "kheaders")
         if ko is not None:
             facts = KernelFacts(
                 replace(facts.identity, archive=ArchiveRef(ArchiveSource.MODULE, ko, None)),
@@ -169,10 +169,12 @@ def sync(
             divert = True
         elif not v.needs_sync and not (force and v.kind is not VerdictKind.FOREIGN_FRESH):
             return SyncResult(j, "nothing", after=v)
-        return _regenerate(layout, config, j, divert=divert)
+        return _regenerate(layout, config, j, divert=divert, archive_file=archive_file)
 
 
-def _regenerate(layout: Layout, config: Config, j: Judgement, *, divert: bool) -> SyncResult:
+def _regenerate(
+    layout: Layout, config: Config, j: Judgement, *, divert: bool, archive_file: Path | None
+) -> SyncResult:
     from kheaders_pkg.regenerate import build_generation
 
     ident = j.facts.identity
@@ -207,7 +209,7 @@ def _regenerate(layout: Layout, config: Config, j: Judgement, *, divert: bool) -
         gc(layout, config.keep_generations)
     except OSError as e:
         log.warning("gc failed (%s); the next run retries", e.strerror)
-    after = judge(layout, None if ident.running else release).verdict
+    after = judge(layout, None if ident.running else release, archive_file).verdict
     return SyncResult(j, "regenerated", gen.path, after, gen.warnings)
 
 

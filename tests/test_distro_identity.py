@@ -135,7 +135,9 @@ def test_lock_probe_does_not_create_a_missing_lock(tmp_path: Path) -> None:
 def test_a_newer_request_for_a_release_replaces_the_queued_one(tmp_path: Path) -> None:
     layout = Layout(root=tmp_path)
     first = Request(Action.REGISTER, "6.1.192-kh", "dpkg", "/usr/src/x/gen-0001", "2026-01-01", "a")
-    second = Request(Action.REGISTER, "6.1.192-kh", "dpkg", "/usr/src/x/gen-0002", "2026-01-02", "b")
+    second = Request(
+        Action.REGISTER, "6.1.192-kh", "dpkg", "/usr/src/x/gen-0002", "2026-01-02", "b"
+    )
     enqueue(layout, first)
     path = enqueue(layout, second)
     assert path == tmp_path / "var/lib/kheaders-pkg/queue/6.1.192-kh.json"

@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-import rpm as rpmlib
 from conftest import KERNELS_WITH_ARCHIVE, CorpusKernel, corpus_kernel
 
 from kheaders_pkg.distro import (
@@ -32,13 +31,17 @@ from kheaders_pkg.distro import (
 )
 from kheaders_pkg.distro.identity import deb_package_name, rpm_package_name
 from kheaders_pkg.distro.queue import pending, queue_file
-from kheaders_pkg.errors import ExitCode, QueuedError
+from kheaders_pkg.errors import ExitCode, PackagingError, QueuedError
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
 from kheaders_pkg.stamp import ArchiveSource, ConfigSource, Stamp, read_stamp
 
 pytestmark = pytest.mark.integration
 
 HEADER = "include/linux/kconfig.h"
+# Lifecycle tests (upgrade, queue) exercise our code, not the kernel: one kernel is enough.
+ONE_KERNEL = pytest.mark.parametrize("generated", ["kh-6.1.192-kh-a"], indirect=True)
+# The corpus kernels that come with Debian's own linux-headers packages (debs/).
+DEBIAN_KERNELS = tuple(k for k in KERNELS_WITH_ARCHIVE if (corpus_kernel(k).path / "debs").is_dir())
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,11 @@ def make_tree(kernel: CorpusKernel, root: Path, generation: int = 1) -> Path:
     return tree
 
 
+def expected_version(tree: Path) -> str:
+    stamp = read_stamp(tree)
+    return f"{stamp.generation}.{(stamp.build_id or stamp.archive_sha256)[:12]}"
+
+
 def next_generation(tree: Path) -> Path:
     """Generation N+1 of the same build, as the core makes after a forced regeneration."""
     stamp = read_stamp(tree)
@@ -126,7 +134,9 @@ def rpm_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module", params=KERNELS_WITH_ARCHIVE)
-def generated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> GeneratedTree:
+def generated(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> GeneratedTree:
     kernel = corpus_kernel(str(request.param))
     root = tmp_path_factory.mktemp(f"tree-{kernel.name}")
     return GeneratedTree(kernel, root, make_tree(kernel, root))
@@ -197,19 +207,18 @@ def rpmq(root: Path, *args: str | Path, ok: bool = True) -> subprocess.Completed
 def test_deb_metadata_names_the_release_and_build(
     generated: GeneratedTree, packages: dict[str, Path]
 ) -> None:
-    stamp = read_stamp(generated.tree)
     fields = {
         name: tool(["dpkg-deb", "--field", packages["deb"], name]).stdout.strip()
         for name in ("Package", "Version", "Architecture", "Section", "Provides", "Description")
     }
-    version = f"{stamp.generation}.{stamp.build_id[:12] if stamp.build_id else ''}"
+    version = expected_version(generated.tree)
     assert fields["Package"] == deb_package_name(generated.release)
     assert fields["Version"] == version
     assert fields["Architecture"] == tool(["dpkg", "--print-architecture"]).stdout.strip()
     assert fields["Section"] == "kernel"
     assert fields["Provides"] == f"kernel-ikheaders-{generated.release} (= {version})"
     assert "linux-headers" not in fields["Provides"]
-    assert stamp.archive_sha256 in fields["Description"]
+    assert read_stamp(generated.tree).archive_sha256 in fields["Description"]
     assert generated.inside in fields["Description"]
     info = tool(["dpkg-deb", "--info", packages["deb"]]).stdout
     assert "md5sums" in info
@@ -231,12 +240,11 @@ def test_deb_contents_are_the_tree_and_nothing_else(
 def test_rpm_metadata_and_provides_are_honest(
     generated: GeneratedTree, packages: dict[str, Path]
 ) -> None:
-    stamp = read_stamp(generated.tree)
     query = "%{NAME}|%{VERSION}|%{RELEASE}|%{ARCH}|%{PAYLOADCOMPRESSOR}"
     info = tool(["rpm", "-qp", "--qf", query, packages["rpm"]]).stdout
     name, version, release, arch, compressor = info.split("|")
     assert name == rpm_package_name(generated.release)
-    assert version == f"{stamp.generation}.{(stamp.build_id or '')[:12]}"
+    assert version == expected_version(generated.tree)
     assert (release, arch, compressor) == ("1", os.uname().machine, "xz")
     provides = tool(["rpm", "-qp", "--provides", packages["rpm"]]).stdout
     assert f"kernel-ikheaders-{generated.release} = {version}" in provides
@@ -244,10 +252,14 @@ def test_rpm_metadata_and_provides_are_honest(
     assert "kernel-devel-uname-r" in tool(["rpm", "-qpi", packages["rpm"]]).stdout  # says why
     assert tool(["rpm", "-qp", "--requires", packages["rpm"]]).stdout.count("rpmlib(") >= 1
     listed = tool(["rpm", "-qpl", packages["rpm"]]).stdout.splitlines()
-    manifest = (generated.tree / MANIFEST_NAME).read_text().splitlines()
-    assert len(listed) == len(manifest) + 2 + len(
-        {str(Path(line.split("\t")[3]).parent) for line in manifest} - {"."}
-    ) + 2  # files, stamp+manifest, directories, the tree and its release dir
+    files = [
+        line.split("\t")[3] for line in (generated.tree / MANIFEST_NAME).read_text().splitlines()
+    ]
+    files += [STAMP_NAME, MANIFEST_NAME]
+    expected = {f"{generated.inside}/{f}" for f in files}
+    expected |= {f"{generated.inside}/{d}" for f in files for d in map(str, Path(f).parents)}
+    expected.add(str(Path(generated.inside).parent))  # the release directory is ours too
+    assert set(listed) == {p.removesuffix("/.") for p in expected}
     assert f"{generated.inside}/{HEADER}" in listed
     assert not any("/lib/modules/" in p for p in listed)
 
@@ -269,16 +281,14 @@ def test_registered_deb_owns_the_tree_and_removal_takes_it(
     name = deb_package_name(generated.release)
     assert dpkg(root, "-S", header).stdout.startswith(f"{name}: ")
     owner = owner_of(layout, header)
-    assert owner == Owner("dpkg", name, read_stamp(generated.tree).generation.__str__() + "." + (
-        read_stamp(generated.tree).build_id or ""
-    )[:12])
+    assert owner == Owner("dpkg", name, expected_version(generated.tree))
     assert owner is not None and owner.is_ours
     assert (root / header.lstrip("/")).read_bytes() == before
     assert not list((root / "var/lib/kheaders-pkg/packages").glob("*.deb"))  # cleaned up
 
     unregister_release(layout, generated.release)
     assert owner_of(layout, header) is None
-    assert "not-installed" in dpkg(root, "-s", name, ok=False).stderr + "not-installed"
+    assert dpkg(root, "-s", name, ok=False).returncode != 0
     assert not (root / header.lstrip("/")).exists()
 
 
@@ -295,6 +305,7 @@ def test_plain_dpkg_installs_and_removes_the_emitted_deb(
     assert not (root / header.lstrip("/")).exists()
 
 
+@ONE_KERNEL
 def test_new_generation_upgrades_the_same_package(generated: GeneratedTree, tmp_path: Path) -> None:
     root = scratch_root(tmp_path / "root", generated)
     layout = Layout(root=root)
@@ -304,8 +315,7 @@ def test_new_generation_upgrades_the_same_package(generated: GeneratedTree, tmp_
     register_tree(layout, second)
     name = deb_package_name(generated.release)
     status = dpkg(root, "-s", name).stdout
-    assert f"Version: {read_stamp(second).version_hint if False else ''}" in status
-    assert f"Version: 2.{(read_stamp(second).build_id or '')[:12]}" in status
+    assert f"Version: {expected_version(second)}" in status
     owner = owner_of(layout, "/" + (second / HEADER).relative_to(root).as_posix())
     assert owner is not None and owner.package == name
     # dpkg removes what the old version listed and the new one does not: generation 1's files.
@@ -319,12 +329,11 @@ def _debian_debs(kernel: CorpusKernel) -> list[Path]:
     return sorted(kernel.debs.glob("*.deb"))
 
 
+@pytest.mark.parametrize("generated", DEBIAN_KERNELS, indirect=True)
 @pytest.mark.parametrize("ours_first", [True, False], ids=["ours-first", "debian-first"])
 def test_coexists_with_debian_linux_headers(
     generated: GeneratedTree, tmp_path: Path, ours_first: bool
 ) -> None:
-    if not generated.kernel.debs.is_dir():
-        pytest.skip(f"{generated.kernel.name} is not a Debian kernel (no debs/)")
     root = scratch_root(tmp_path / "root", generated)
     layout = Layout(root=root)
     tree = root / generated.inside.lstrip("/")
@@ -348,11 +357,17 @@ def test_coexists_with_debian_linux_headers(
     ours = owner_of(layout, f"{generated.inside}/{HEADER}")
     assert ours is not None and ours.package == deb_package_name(release)
 
-    before = {p: p.read_bytes() for p in (root / f"usr/src/linux-headers-{release}").rglob("*")
-              if p.is_file() and not p.is_symlink()}
+    before = {
+        p: p.read_bytes()
+        for p in (root / f"usr/src/linux-headers-{release}").rglob("*")
+        if p.is_file() and not p.is_symlink()
+    }
     unregister_release(layout, release)
-    after = {p: p.read_bytes() for p in (root / f"usr/src/linux-headers-{release}").rglob("*")
-             if p.is_file() and not p.is_symlink()}
+    after = {
+        p: p.read_bytes()
+        for p in (root / f"usr/src/linux-headers-{release}").rglob("*")
+        if p.is_file() and not p.is_symlink()
+    }
     assert before == after
     assert (root / f"lib/modules/{release}/build").is_symlink()
     assert owner_of(layout, f"/lib/modules/{release}/build") == theirs
@@ -373,26 +388,37 @@ def test_registered_rpm_owns_the_tree_through_the_bindings(
     assert register_tree(layout, root / generated.inside.lstrip("/")) == "rpm"
 
     name = rpm_package_name(generated.release)
-    stamp = read_stamp(generated.tree)
-    version = f"{stamp.generation}.{(stamp.build_id or '')[:12]}"
+    version = expected_version(generated.tree)
     assert owner_of(layout, header) == Owner("rpm", name, f"{version}-1")
     assert rpmq(root, "-qf", header).stdout.strip() == f"{name}-{version}-1.{os.uname().machine}"
     provider = rpmq(root, "-q", "--whatprovides", f"kernel-ikheaders-{generated.release}")
     assert provider.stdout.startswith(name)
-    devel = rpmq(root, "-q", "--whatprovides", f"kernel-devel-uname-r = {generated.release}", ok=False)
+    devel = rpmq(
+        root, "-q", "--whatprovides", f"kernel-devel-uname-r = {generated.release}", ok=False
+    )
     assert devel.returncode != 0
-
-    # A new generation replaces the record; --justdb leaves files to the core's gc.
-    tree = root / generated.inside.lstrip("/")
-    newer = next_generation(tree)
-    register_tree(layout, newer)
-    owner = owner_of(layout, "/" + (newer / HEADER).relative_to(root).as_posix())
-    assert owner is not None and owner.version == f"2.{(stamp.build_id or '')[:12]}-1"
-    assert owner_of(layout, header) is None
-    assert (tree / HEADER).exists()
 
     unregister_release(layout, generated.release)
     assert rpmq(root, "-q", name, ok=False).returncode != 0
+    assert not (root / header.lstrip("/")).exists()  # like dpkg -r: the package's files go
+
+
+@ONE_KERNEL
+def test_new_rpm_generation_replaces_the_record_and_keeps_the_old_files(
+    generated: GeneratedTree, tmp_path: Path
+) -> None:
+    root = rpm_root(tmp_path / "root", generated)
+    layout = Layout(root=root)
+    tree = root / generated.inside.lstrip("/")
+    register_tree(layout, tree)
+    newer = next_generation(tree)
+    register_tree(layout, newer)
+    owner = owner_of(layout, "/" + (newer / HEADER).relative_to(root).as_posix())
+    assert owner is not None and owner.version == f"{expected_version(newer)}-1"
+    assert owner_of(layout, f"{generated.inside}/{HEADER}") is None
+    assert (tree / HEADER).exists()  # --justdb: generation 1's files are left to the core's gc
+    versions = rpmq(root, "-q", rpm_package_name(generated.release)).stdout.splitlines()
+    assert len(versions) == 1
 
 
 # --- the registration queue ---------------------------------------------------------------
@@ -413,6 +439,7 @@ def _hold_lock(path: Path) -> subprocess.Popen[str]:
     return child
 
 
+@ONE_KERNEL
 @pytest.mark.parametrize("lock", ["var/lib/dpkg/lock-frontend", "var/lib/dpkg/lock"])
 def test_registration_under_dpkg_lock_is_queued_then_drained(
     generated: GeneratedTree, tmp_path: Path, lock: str
@@ -424,7 +451,8 @@ def test_registration_under_dpkg_lock_is_queued_then_drained(
     try:
         with pytest.raises(QueuedError) as caught:
             register_tree(layout, tree)
-        assert caught.value.exit_code == ExitCode.QUEUED == 12
+        assert caught.value.exit_code is ExitCode.QUEUED
+        assert int(caught.value.exit_code) == 12
         assert "queued" in str(caught.value) and str(holder.pid) in str(caught.value)
         assert queue_file(layout, generated.release).is_file()
         assert drain_queue(layout) == []  # still locked: nothing done, nothing lost
@@ -439,6 +467,7 @@ def test_registration_under_dpkg_lock_is_queued_then_drained(
     assert dpkg(root, "-S", f"{generated.inside}/{HEADER}").returncode == 0
 
 
+@ONE_KERNEL
 def test_registration_under_rpmdb_lock_is_queued_then_drained(
     generated: GeneratedTree, tmp_path: Path
 ) -> None:
@@ -455,6 +484,7 @@ def test_registration_under_rpmdb_lock_is_queued_then_drained(
     assert owner is not None and owner.package == rpm_package_name(generated.release)
 
 
+@ONE_KERNEL
 def test_unregistration_under_lock_is_queued_too(generated: GeneratedTree, tmp_path: Path) -> None:
     root = scratch_root(tmp_path / "root", generated)
     layout = Layout(root=root)
@@ -469,6 +499,7 @@ def test_unregistration_under_lock_is_queued_too(generated: GeneratedTree, tmp_p
     assert owner_of(layout, f"{generated.inside}/{HEADER}") is None
 
 
+@ONE_KERNEL
 def test_queued_request_for_a_vanished_tree_is_dropped(
     generated: GeneratedTree, tmp_path: Path
 ) -> None:
@@ -486,6 +517,7 @@ def test_queued_request_for_a_vanished_tree_is_dropped(
     assert pending(layout) == []
 
 
+@ONE_KERNEL
 def test_tree_that_differs_from_its_manifest_is_not_packaged(
     generated: GeneratedTree, tmp_path: Path
 ) -> None:
@@ -495,8 +527,5 @@ def test_tree_that_differs_from_its_manifest_is_not_packaged(
     data = target.read_bytes()
     target.unlink()  # break the hard link before changing the file
     target.write_bytes(data + b"/* changed */\n")
-    from kheaders_pkg.errors import PackagingError
-
     with pytest.raises(PackagingError, match="differs from its manifest"):
         emit_package(Layout(root=root), tree, tmp_path / "out", "deb")
-    assert rpmlib is not None

@@ -49,9 +49,23 @@ def test_dracut_image_holds_kheaders_ko_and_our_hook(name: str, tmp_path: Path) 
     }
     result = subprocess.run(
         [
-            "dracut", "--no-hostonly", "--kver", kernel.release, "--kmoddir", str(moddir),
-            "--modules", "base kheaders-pkg", "--add", "kheaders-pkg", "--conf", "/dev/null",
-            "--confdir", str(confdir), "--no-compress", "-f", str(image),
+            "dracut",
+            "--no-hostonly",
+            "--kver",
+            kernel.release,
+            "--kmoddir",
+            str(moddir),
+            "--modules",
+            "base kheaders-pkg",
+            "--add",
+            "kheaders-pkg",
+            "--conf",
+            "/dev/null",
+            "--confdir",
+            str(confdir),
+            "--no-compress",
+            "-f",
+            str(image),
         ],
         env=env,
         capture_output=True,
@@ -61,7 +75,10 @@ def test_dracut_image_holds_kheaders_ko_and_our_hook(name: str, tmp_path: Path) 
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line.upper()]
     assert errors == [], result.stderr
     listing = subprocess.run(
-        ["cpio", "-it", "--quiet"], stdin=image.open("rb"), capture_output=True, text=True,
+        ["cpio", "-it", "--quiet"],
+        stdin=image.open("rb"),
+        capture_output=True,
+        text=True,
         check=True,
     ).stdout.splitlines()
     assert f"usr/lib/modules/{kernel.release}/kernel/kernel/kheaders.ko" in listing or (

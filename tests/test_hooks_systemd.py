@@ -41,7 +41,7 @@ def test_unit_verifies_with_empty_stderr(root: Path, unit: str) -> None:
 @pytest.mark.integration
 def test_boot_unit_keeps_what_the_job_needs(root: Path) -> None:
     text = (root / "usr/lib/systemd/system/kheaders-pkg.service").read_text()
-    assert "ProtectKernelModules" not in text  # it loads kheaders.ko
+    assert "\nProtectKernelModules=" not in text  # it loads kheaders.ko
     assert "ExecCondition=/usr/lib/kheaders-pkg/kheaders-pkg-condition" in text
     assert "ExecStart=/usr/bin/kheaders-pkg sync\n" in text
     template = (root / "usr/lib/systemd/system/kheaders-pkg@.service").read_text()

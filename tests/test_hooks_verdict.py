@@ -48,9 +48,7 @@ def make_tree(
     tree.mkdir(parents=True)
     (tree / "vmlinux.id").write_text(build_id + "\n")
     if stamp:
-        (tree / STAMP_NAME).write_text(
-            _stamp(kernel.release, build_id, str(exp["config_sha256"]))
-        )
+        (tree / STAMP_NAME).write_text(_stamp(kernel.release, build_id, str(exp["config_sha256"])))
     # Write through usr/lib when lib is a link: an absolute /lib -> /usr/lib would lead the host
     # path out of the fake root.
     lib = "usr/lib" if (newroot / "lib").is_symlink() else "lib"
@@ -211,5 +209,7 @@ def test_truncated_notes_give_no_build_id(tmp_path: Path) -> None:
 def test_missing_library_does_not_break_the_dracut_shell(tmp_path: Path) -> None:
     env = {"PATH": os.environ["PATH"], "KHEADERS_PKG_HOOKLIB": str(tmp_path / "nope")}
     script = f'. "{DRACUT_HOOK}"; echo survived'
-    result = subprocess.run(["busybox", "sh", "-c", script], env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        ["busybox", "sh", "-c", script], env=env, capture_output=True, text=True
+    )
     assert result.stdout == "survived\n"

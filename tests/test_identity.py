@@ -6,8 +6,8 @@ import gzip
 from pathlib import Path
 
 import pytest
-
 from conftest import CorpusKernel, copy_sysroot, corpus_kernel
+
 from kheaders_pkg.errors import KernelDataError, UnsupportedError
 from kheaders_pkg.kernel.identity import live_facts, require_archive, sha256_file
 from kheaders_pkg.layout import Layout

@@ -7,8 +7,8 @@ import lzma
 import tarfile
 
 import pytest
-
 from conftest import CorpusKernel, corpus_kernel
+
 from kheaders_pkg.errors import KernelDataError
 from kheaders_pkg.kernel.kconfig import (
     autoconf_disagreements,

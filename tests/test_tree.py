@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import copy_sysroot, corpus_kernel, unpack_debian_headers
+
 from kheaders_pkg.kernel.identity import live_facts
 from kheaders_pkg.layout import Layout, LinkName, resolve_inside
 from kheaders_pkg.tree import TreeKind, read_link, tree_state
@@ -29,8 +29,9 @@ def _judge(root: Path, kfs: Path) -> tuple[TreeKind, VerdictKind, tuple[str, ...
 
 @pytest.mark.integration
 @pytest.mark.parametrize("name", DEBIAN)
-def test_debian_headers_package_is_foreign_fresh_for_its_own_kernel(tmp_path: Path,
-                                                                     name: str) -> None:
+def test_debian_headers_package_is_foreign_fresh_for_its_own_kernel(
+    tmp_path: Path, name: str
+) -> None:
     k = corpus_kernel(name)
     root = tmp_path / "root"
     unpack_debian_headers(k, root)
@@ -53,8 +54,9 @@ def test_debian_headers_package_is_foreign_fresh_for_its_own_kernel(tmp_path: Pa
         ("debian-6.12.107+deb13-amd64", "config", ".config"),
     ],
 )
-def test_doctored_debian_tree_is_foreign_stale(tmp_path: Path, name: str, doctor: str,
-                                               field: str) -> None:
+def test_doctored_debian_tree_is_foreign_stale(
+    tmp_path: Path, name: str, doctor: str, field: str
+) -> None:
     k = corpus_kernel(name)
     root = tmp_path / "root"
     unpack_debian_headers(k, root)

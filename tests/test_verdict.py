@@ -23,6 +23,7 @@ UTS = "#1 Mon Jan  1 00:00:00 UTC 2024"
 REL = "6.1.192-kh"
 TREE = Path("/r/usr/src/kheaders-pkg/6.1.192-kh/gen-0001-6b6f59884788")
 
+SYSFS_ARCHIVE = ArchiveRef(ArchiveSource.SYSFS, Path("/sys/kernel/kheaders.tar.xz"), 4010996)
 KERNEL = KernelIdentity(
     release=REL,
     uts_version=UTS,
@@ -30,7 +31,7 @@ KERNEL = KernelIdentity(
     config_sha256=CFG,
     config_source=ConfigSource.PROC,
     ikheaders="y",
-    archive=ArchiveRef(ArchiveSource.SYSFS, Path("/sys/kernel/kheaders.tar.xz"), 4010996),
+    archive=SYSFS_ARCHIVE,
     running=True,
 )
 
@@ -131,14 +132,14 @@ CASES = [
     ),
     (
         "archive digest differs",
-        replace(KERNEL, archive=replace(KERNEL.archive, sha256="1" * 64)),
+        replace(KERNEL, archive=replace(SYSFS_ARCHIVE, sha256="1" * 64)),
         ours(),
         VerdictKind.STALE,
         ("archive",),
     ),
     (
         "archive size differs (check, digest not read)",
-        replace(KERNEL, archive=replace(KERNEL.archive, size=1)),
+        replace(KERNEL, archive=replace(SYSFS_ARCHIVE, size=1)),
         ours(),
         VerdictKind.STALE,
         ("archive",),
@@ -159,7 +160,7 @@ CASES = [
     ),
     (
         "kernel without build id, archive differs",
-        replace(KERNEL, build_id=None, archive=replace(KERNEL.archive, sha256="2" * 64)),
+        replace(KERNEL, build_id=None, archive=replace(SYSFS_ARCHIVE, sha256="2" * 64)),
         ours(),
         VerdictKind.STALE,
         ("archive",),

@@ -136,10 +136,12 @@ class Dpkg(PackageFamily):
 
     @classmethod
     def emit(cls, layout: Layout, tree: Path, out_dir: Path) -> Path:
+        tree = tree.absolute()
         package = tree_package(layout, tree)
         arch = architecture(layout)
         files = verified_files(tree)
         directories = tree_directories(files) | _parents(package.inside_dir)
+        out_dir = out_dir.absolute()
         out_dir.mkdir(parents=True, exist_ok=True)
         build = Path(tempfile.mkdtemp(dir=out_dir, prefix=".build-deb-"))
         try:

@@ -82,7 +82,7 @@ def tree_package(layout: Layout, tree: Path) -> TreePackage:
     except StampError as e:
         raise PackagingError(f"cannot package {tree}: {e}") from None
     try:
-        relative = tree.relative_to(layout.root)
+        relative = tree.absolute().relative_to(layout.root.absolute())
     except ValueError:
         raise PackagingError(f"{tree} is not inside the root {layout.root}") from None
     inside = str(PurePosixPath("/", relative.as_posix()))

@@ -125,6 +125,7 @@ class Rpm(PackageFamily):
 
     @classmethod
     def emit(cls, layout: Layout, tree: Path, out_dir: Path) -> Path:
+        tree = tree.absolute()
         package = tree_package(layout, tree)
         stamp = package.stamp
         spec = render(
@@ -142,6 +143,7 @@ class Rpm(PackageFamily):
             archive_source=str(stamp.archive_source),
             archive_sha256=stamp.archive_sha256,
         )
+        out_dir = out_dir.absolute()
         out_dir.mkdir(parents=True, exist_ok=True)
         topdir = Path(tempfile.mkdtemp(dir=out_dir, prefix=".build-rpm-"))
         try:

@@ -174,7 +174,7 @@ def disk_facts(layout: Layout, release: str) -> KernelFacts:
 
     config: bytes | None = None
     config_source: ConfigSource | None = None
-    configs_ko = find_module(layout.kernel_module(release, "").parent, "configs")
+    configs_ko = find_module(layout.kernel_module_dir(release), "configs")
     if configs_ko is not None:
         config = config_from_module(configs_ko)
         config_source = ConfigSource.MODULE
@@ -195,7 +195,7 @@ def disk_facts(layout: Layout, release: str) -> KernelFacts:
         raise KernelDataError(f"config for {release} does not look like a kernel config")
 
     archive: ArchiveRef | None = None
-    kheaders = find_module(layout.kernel_module(release, "").parent, "kheaders")
+    kheaders = find_module(layout.kernel_module_dir(release), "kheaders")
     if kheaders is not None:
         archive = ArchiveRef(ArchiveSource.MODULE, kheaders, None)
 

@@ -113,7 +113,7 @@ def test_first_boot_check_asks_for_sync_and_sync_makes_a_fresh_tree(first_boot: 
     # The build link resolves, inside the guest, to a tree made from this kernel's archive.
     assert result["build_target"].startswith("/usr/src/"), result["build_target"]
     assert result["build_has_kconfig_h"] == "1"
-    assert result["utsrelease"] == f'#define UTS_RELEASE "{release}"'
+    assert result["build_utsrelease"] == f'#define UTS_RELEASE "{release}"'
     tree = first_boot.state.resolve(f"/lib/modules/{release}/build")
     assert tree.is_dir() and (tree / "include/linux/sched.h").is_file()
 

@@ -24,9 +24,11 @@ kheaders_pkg() {
 record() {
 	name=$1
 	shift
+	started=$(date +%s.%N)
 	"$@" >/tmp/record.out 2>/tmp/record.err
 	rc=$?
 	put "$name.rc" "$rc"
+	put "$name.seconds" "$(awk "BEGIN { printf \"%.1f\", $(date +%s.%N) - $started }")"
 	put64 "$name.out" </tmp/record.out
 	put64 "$name.err" </tmp/record.err
 	return 0
