@@ -1,5 +1,5 @@
 import sys
 
-from kheaders_pkg.cli import main
+from kheaders_pkg.entry import main
 
 sys.exit(main())

@@ -575,12 +575,19 @@ class _Decompressed:
         total = sum(b.uncompressed for b in blocks)
         if total > self._limits.max_total_bytes:
             raise ArchiveError(f"archive expands to more than {self._limits.max_total_bytes} bytes")
-        workers = max(1, min(len(blocks), os.cpu_count() or 1))
-        slots = threading.BoundedSemaphore(workers)
-        outputs: list[_BlockOutput] = [_BlockOutput(self._stop) for _ in blocks]
+        # Workers take blocks in order, so the block being consumed is always being decoded
+        # (or done): a later block waiting on its full lookahead can never starve it.
+        cancel = threading.Event()
+        outputs = [_BlockOutput(cancel) for _ in blocks]
+        next_block = iter(range(len(blocks)))
+        take = threading.Lock()
 
-        def work(i: int) -> None:
-            with slots:
+        def work() -> None:
+            while not cancel.is_set():
+                with take:
+                    i = next(next_block, None)
+                if i is None:
+                    return
                 out = outputs[i]
                 try:
                     _decode_one(_block_as_stream(data, blocks[i]), out.put)
@@ -590,11 +597,11 @@ class _Decompressed:
                 except BaseException as err:
                     out.put_end(err)
 
-        threads = [
-            threading.Thread(target=work, args=(i,), name=f"kheaders-xz-{i}", daemon=True)
-            for i in range(len(blocks))
+        workers = [
+            threading.Thread(target=work, name=f"kheaders-xz-{n}", daemon=True)
+            for n in range(max(1, min(len(blocks), os.cpu_count() or 1)))
         ]
-        for t in threads:
+        for t in workers:
             t.start()
         try:
             for out in outputs:
@@ -603,8 +610,8 @@ class _Decompressed:
                         return
             self._put(None)
         finally:
-            self._stop.set()
-            for t in threads:
+            cancel.set()
+            for t in workers:
                 t.join()
 
 

@@ -25,7 +25,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from kheaders_pkg.errors import BusyError, FilesystemError, UnsafePathError
+from kheaders_pkg.errors import BusyError, FilesystemError, KheadersError, UnsafePathError
 from kheaders_pkg.layout import (
     GENERATION_PREFIX,
     STAGING_PREFIX,
@@ -335,6 +335,20 @@ def swap_link(layout: Layout, release: str, name: LinkName, target: str | None) 
     fsync_dir(mdir)
 
 
+def check_links_writable(layout: Layout, release: str) -> None:
+    """Fail before the expensive work when build/source could not be swapped afterwards (a
+    read-only /lib/modules): the probe is the temporary link name swap_link itself uses."""
+    mdir = ensure_modules_dir(layout, release)
+    probe = mdir / f".{LinkName.BUILD}{TMP_LINK_SUFFIX}"
+    try:
+        with suppress(FileNotFoundError):
+            probe.unlink()
+        os.symlink(".", probe)
+        probe.unlink()
+    except OSError as e:
+        raise fs_error(f"cannot write links in {mdir}", e, "nothing changed") from None
+
+
 def read_record(layout: Layout, release: str) -> dict[str, str | None] | None:
     """The links we replaced for a release, as they were: {"build": target|None, "source": ...}."""
     path = layout.diverted_record(release)
@@ -381,11 +395,10 @@ def referenced(layout: Layout, release: str) -> set[Path]:
     from kheaders_pkg.tree import read_link
 
     out: set[Path] = set()
-    with suppress(Exception):
-        for name in LinkName:
-            link = read_link(layout, release, name)
-            if link.resolved is not None:
-                out.add(link.resolved)
+    for name in LinkName:
+        link = read_link(layout, release, name)
+        if link.resolved is not None:
+            out.add(link.resolved)
     return out
 
 
@@ -405,7 +418,12 @@ def gc(layout: Layout, keep: int) -> list[Path]:
             gens = generations(layout, release)
         except Exception:
             continue
-        used = referenced(layout, release)
+        try:
+            used = referenced(layout, release)
+        except (OSError, KheadersError) as e:
+            # Unsure what is in use: deleting nothing is the only safe answer.
+            log.warning("gc skips %s: cannot read its links (%s)", release, e)
+            continue
         unused = [g for g in gens if g.path not in used]
         doomed = unused[: max(0, len(unused) - keep)]
         for g in doomed:

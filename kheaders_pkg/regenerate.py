@@ -25,6 +25,7 @@ from kheaders_pkg.kernel.identity import ArchiveRef, KernelFacts
 from kheaders_pkg.kernel.kconfig import autoconf_disagreements, render_auto_conf
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
 from kheaders_pkg.publish import (
+    check_links_writable,
     crash_point,
     finish_generation,
     fs_error,
@@ -99,6 +100,7 @@ def build_generation(
     """
     ident = facts.identity
     release = ident.release
+    check_links_writable(layout, release)
     staging = new_staging(layout, release)
     try:
         with open_archive(layout, archive) as stream:

@@ -8,7 +8,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kheaders_pkg.config import Config, ForeignPolicy
-from kheaders_pkg.errors import FilesystemError, KheadersError, UnsafePathError, UnsupportedError
+from kheaders_pkg.errors import (
+    FilesystemError,
+    KheadersError,
+    QueuedError,
+    UnsafePathError,
+    UnsupportedError,
+)
 from kheaders_pkg.kernel.identity import (
     KernelFacts,
     disk_facts,
@@ -152,6 +158,7 @@ def sync(
         return SyncResult(j, act)
     with locked(layout, config.lock_timeout):
         clean_leftovers(layout)
+        _drain_registrations(layout)
         # Judge under the lock: a run that waited finds the tree another run just made.
         j = judge(layout, release, archive_file, digest=True)
         v = j.verdict
@@ -211,6 +218,23 @@ def _regenerate(
         log.warning("gc failed (%s); the next run retries", e.strerror)
     after = judge(layout, None if ident.running else release, archive_file).verdict
     return SyncResult(j, "regenerated", gen.path, after, gen.warnings)
+
+
+def _drain_registrations(layout: Layout) -> None:
+    """Registrations queued while a package manager was busy; cheap when there are none."""
+    queue = layout.state() / "queue"
+    try:
+        if not any(p.suffix == ".json" for p in queue.iterdir()):
+            return
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    from kheaders_pkg.distro import drain_queue
+
+    try:
+        for release in drain_queue(layout):
+            log.info("queued package registration for %s done", release)
+    except KheadersError as e:
+        log.warning("queued package registrations stay queued: %s", e)
 
 
 def _points_into_ours(layout: Layout, inside: str | None) -> bool:
@@ -278,12 +302,13 @@ def remove(layout: Layout, config: Config, release: str) -> list[Path]:
                     except OSError as e:
                         raise fs_error(f"cannot remove {link.path}", e, "trees kept") from None
                     removed.append(link.path)
-        try:
-            from kheaders_pkg.distro import unregister_all
+        queued: QueuedError | None = None
+        from kheaders_pkg.distro import unregister_all
 
+        try:
             unregister_all(layout, release)
-        except ImportError:
-            pass
+        except QueuedError as e:  # inside the package manager: the trees still go now
+            queued = e
         for g in generations(layout, release):
             try:
                 remove_tree(g.path)
@@ -293,4 +318,6 @@ def remove(layout: Layout, config: Config, release: str) -> list[Path]:
         base = layout.release_trees(release)
         if base.is_dir() and not os.listdir(base):
             os.rmdir(base)
+    if queued is not None:
+        raise queued
     return removed

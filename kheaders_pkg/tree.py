@@ -101,7 +101,10 @@ def read_link(layout: Layout, release: str, name: LinkName) -> LinkState:
         return LinkState(name, path, "directory", None, link_inside, path)
     if not stat.S_ISLNK(st.st_mode):
         return LinkState(name, path, "other", None, None, None, "not a directory")
-    target = os.readlink(path)
+    try:
+        target = os.readlink(path)
+    except FileNotFoundError:  # removed between lstat and readlink (a concurrent swap or remove)
+        return LinkState(name, path, "absent", None, None, None)
     inside = inside_path_of_link(link_inside, target)
     try:
         host = layout.host(inside)

@@ -140,8 +140,8 @@ def tree_problems(
     try:
         stamp = json.loads((tree / STAMP).read_text())
         lines = read_manifest(tree)
-    except (OSError, ValueError) as e:
-        return [f"{tree}: stamp or manifest unreadable: {e}"]
+    except (OSError, ValueError) as err:
+        return [f"{tree}: stamp or manifest unreadable: {err}"]
     problems: list[str] = []
     if stamp.get("file_count") != len(lines):
         problems.append(f"{tree}: stamp file_count {stamp.get('file_count')} != {len(lines)}")

@@ -20,13 +20,18 @@ from pathlib import Path
 import pytest
 from conftest import KERNELS_WITH_ARCHIVE, CorpusKernel, corpus_kernel
 
+from kheaders_pkg.config import Config, PackageFormat
 from kheaders_pkg.distro import (
     Owner,
     drain_queue,
+    emit_and_register,
+    emit_command,
     emit_package,
     families,
     owner_of,
+    register_command,
     register_tree,
+    unregister_all,
     unregister_release,
 )
 from kheaders_pkg.distro.identity import deb_package_name, rpm_package_name
@@ -529,3 +534,69 @@ def test_tree_that_differs_from_its_manifest_is_not_packaged(
     target.write_bytes(data + b"/* changed */\n")
     with pytest.raises(PackagingError, match="differs from its manifest"):
         emit_package(Layout(root=root), tree, tmp_path / "out", "deb")
+
+
+# --- what the command line calls ------------------------------------------------------------
+
+
+def _link_build(root: Path, generated: GeneratedTree) -> None:
+    """What the core's swap leaves: /lib/modules/$KVER/build pointing at the generation."""
+    modules = root / "lib/modules" / generated.release
+    modules.mkdir(parents=True, exist_ok=True)
+    (modules / "build").symlink_to(generated.inside)
+
+
+@ONE_KERNEL
+def test_sync_packaging_registers_the_roots_format_and_keeps_the_other(
+    generated: GeneratedTree, tmp_path: Path
+) -> None:
+    root = scratch_root(tmp_path / "root", generated)
+    _link_build(root, generated)
+    layout = Layout(root=root)
+    config = Config(emit=(PackageFormat.DEB, PackageFormat.RPM), register=True)
+    kept = emit_and_register(layout, config, generated.release, None)
+    assert [p.suffix for p in kept] == [".rpm"]
+    assert kept[0].parent == root / "var/lib/kheaders-pkg/packages" / generated.release
+    owner = owner_of(layout, f"{generated.inside}/{HEADER}")
+    assert owner is not None and owner.family == "dpkg" and owner.is_ours
+    assert str(owner) == f"{owner.package} (dpkg, {expected_version(generated.tree)})"
+
+    assert unregister_all(layout, generated.release) == ["dpkg"]
+    assert not kept[0].parent.exists()
+    assert owner_of(layout, f"{generated.inside}/{HEADER}") is None
+
+
+@ONE_KERNEL
+def test_register_needs_the_roots_format(generated: GeneratedTree, tmp_path: Path) -> None:
+    root = scratch_root(tmp_path / "root", generated)
+    _link_build(root, generated)
+    layout = Layout(root=root)
+    with pytest.raises(PackagingError, match="no rpm database"):
+        register_command(layout, Config(), generated.release, "rpm")
+    with pytest.raises(PackagingError, match="does not include the root's package format"):
+        emit_and_register(
+            layout, Config(emit=(PackageFormat.RPM,), register=True), generated.release, None
+        )
+    message = register_command(layout, Config(), generated.release, None)
+    assert message.startswith(f"registered {generated.release} ") and message.endswith("dpkg")
+
+
+@ONE_KERNEL
+def test_cli_emit_builds_the_current_tree(generated: GeneratedTree, tmp_path: Path) -> None:
+    root = scratch_root(tmp_path / "root", generated)
+    _link_build(root, generated)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "kheaders_pkg", "--root", str(root), "emit"]
+    argv += ["--kernel", generated.release, "--format", "deb", "--out", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    built = Path(proc.stdout.strip())
+    assert built.parent == out and built.name.startswith(deb_package_name(generated.release))
+    assert tool(["dpkg-deb", "--field", built, "Package"]).returncode == 0
+
+
+def test_no_tree_to_package_is_a_packaging_error(tmp_path: Path) -> None:
+    layout = Layout(root=scratch_root(tmp_path / "root"))
+    with pytest.raises(PackagingError, match="no generated tree") as caught:
+        emit_command(layout, "6.1.192-kh", "deb", tmp_path / "out")
+    assert caught.value.exit_code is ExitCode.PACKAGING

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import KERNELS_WITH_ARCHIVE, CorpusKernel, corpus_kernel
 
 from kheaders_pkg.errors import ArchiveError, ExitCode, FilesystemError
 from kheaders_pkg.extract import (
@@ -26,8 +27,6 @@ from kheaders_pkg.extract import (
     render_manifest,
     verify_tree,
 )
-
-from conftest import KERNELS_WITH_ARCHIVE, CorpusKernel, corpus_kernel
 
 # The one header that differs between the two builds of 6.1.192-kh (corpus README).
 CHANGED_HEADER = "include/linux/kernel.h"
@@ -136,7 +135,7 @@ def test_reading_from_a_stream_gives_the_same_result_as_from_a_path(
 
     data = extracted.kernel.archive.read_bytes()
     result = extract_archive(
-        io.BufferedReader(Unseekable(data)),  # type: ignore[arg-type]
+        io.BufferedReader(Unseekable(data)),
         _fresh_dir(tmp_path / "dest"),
     )
     assert result == extracted.result

@@ -7,6 +7,7 @@ import io
 import lzma
 import os
 import struct
+import subprocess
 import tarfile
 import zlib
 from collections.abc import Callable
@@ -108,7 +109,7 @@ def _with_raw(member: bytes, data: bytes = b"") -> bytes:
 
 def _xz_check_offset(data: bytes) -> int:
     """Where the last block's check sits: just before the index (from the stream footer)."""
-    backward = struct.unpack("<I", data[-8:-4])[0]
+    backward: int = struct.unpack("<I", data[-8:-4])[0]
     index_start = len(data) - 12 - (backward + 1) * 4
     return index_start - 8  # CRC64
 
@@ -454,11 +455,56 @@ def _snapshot(root: Path, skip: Path) -> dict[str, tuple[int, int, int, str]]:
     return found
 
 
+def _as_multi_block(data: bytes) -> bytes | None:
+    """The same tar in a multi-block xz stream (decoded in parallel), if `data` is valid xz."""
+    try:
+        tar = lzma.decompress(data, format=lzma.FORMAT_XZ)
+    except lzma.LZMAError:
+        return None
+    out = subprocess.run(
+        ["xz", "-z", "-c", "-T1", "--block-size=4KiB", "--check=crc64"],
+        input=tar,
+        capture_output=True,
+        check=True,
+    ).stdout
+    return out
+
+
+# The cases about the xz layer itself; the others are about the tar inside it.
+XZ_CASES = {
+    "zeros-bomb-small-limit",
+    "truncated-xz-half",
+    "truncated-xz-last-byte",
+    "corrupt-xz-check",
+    "gzip",
+    "plain-text",
+    "empty-file",
+    "trailing-garbage",
+    "trailing-second-stream",
+}
+TAR_CASES = [c for c in CASES if c.name not in XZ_CASES and not c.name.startswith("multi-block")]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 @pytest.mark.parametrize("source", ["path", "stream"])
 def test_hostile_archive_is_refused_and_nothing_escapes(
     case: Case, source: str, tmp_path: Path
 ) -> None:
+    """path: a file (index checked, blocks decoded in parallel); stream: a pipe (one decoder)."""
+    _assert_refused(case, source, case.build(tmp_path / "area"), tmp_path)
+
+
+@pytest.mark.parametrize("case", TAR_CASES, ids=[c.name for c in TAR_CASES])
+def test_hostile_tar_in_many_xz_blocks_is_refused_and_nothing_escapes(
+    case: Case, tmp_path: Path
+) -> None:
+    """The same tar recompressed in 4 KiB xz blocks: decoded in parallel, cancelled early."""
+    data = _as_multi_block(case.build(tmp_path / "area"))
+    assert data is not None
+    _assert_refused(case, "path", data, tmp_path)
+
+
+def _assert_refused(case: Case, source: str, data: bytes, tmp_path: Path) -> None:
     area = tmp_path / "area"
     (area / "outside").mkdir(parents=True)
     canary = area / "canary"
@@ -467,7 +513,7 @@ def test_hostile_archive_is_refused_and_nothing_escapes(
     dest = area / "dest"
     dest.mkdir(mode=0o700)
     archive = tmp_path / "archive.tar.xz"
-    archive.write_bytes(case.build(area))
+    archive.write_bytes(data)
     before = _snapshot(area, dest)
 
     with pytest.raises(ArchiveError) as caught:
@@ -475,13 +521,13 @@ def test_hostile_archive_is_refused_and_nothing_escapes(
             extract_archive(archive, dest, limits=case.limits)
         else:
             with open(archive, "rb") as f:
-                # A pipe-like stream: no seek, no size; the sequential decoder.
-                extract_archive(io.BufferedReader(_Unseekable(f)), dest, limits=case.limits)  # type: ignore[arg-type]
+                extract_archive(io.BufferedReader(_Unseekable(f)), dest, limits=case.limits)
 
     message = str(caught.value)
     assert "\n" not in message
     assert case.expect in message
-    assert caught.value.exit_code == ExitCode.BAD_ARCHIVE == 6
+    assert caught.value.exit_code == ExitCode.BAD_ARCHIVE
+    assert int(caught.value.exit_code) == 6
     assert _snapshot(area, dest) == before
     assert canary.read_text() == "canary\n"
     assert not (area / "abs-evil").exists()
@@ -501,6 +547,17 @@ class _Unseekable(io.RawIOBase):
 
 def test_there_are_at_least_thirty_hostile_cases() -> None:
     assert len(CASES) >= 30
+
+
+def test_the_multi_block_recompression_really_makes_several_blocks() -> None:
+    data = _as_multi_block(
+        _archive([_file(f"./include/f{i}.h", os.urandom(3000)) for i in range(9)])
+    )
+    assert data is not None
+    # The index (before the 12-byte footer): indicator 0, then the number of records.
+    backward: int = struct.unpack("<I", data[-8:-4])[0]
+    index = data[len(data) - 12 - (backward + 1) * 4 :]
+    assert index[0] == 0 and index[1] > 1
 
 
 def test_a_two_gib_member_fails_at_its_header_under_the_default_limits(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ def test_sixteen_syncs_at_once_regenerate_exactly_once(scratch: Path) -> None:
     # A fresh root: 16 first syncs, one tree.
     procs = [("sync", start_cli(scratch, KH_A.sysroot, "sync")) for _ in range(16)]
     results = [(w, p.wait(timeout=600), p.communicate()) for w, p in procs]
-    for _, code, (out, err) in results:
+    for _, code, (_out, err) in results:
         assert code == 0, err
         assert "Traceback" not in err
     assert len(generation_dirs(scratch, RELEASE)) == 1

@@ -209,7 +209,7 @@ def test_sync_killed_anywhere_leaves_a_complete_tree_and_converges_kh(scratch: P
 
 @pytest.mark.slow
 def test_sync_killed_anywhere_leaves_a_complete_tree_and_converges_debian(scratch: Path) -> None:
-    specs = [
+    specs: list[tuple[tuple[str, ...], int, tuple[str, ...]]] = [
         (("debian-6.1.0-56-amd64",), 611, ("--force",)),
         (("debian-6.12.107+deb13-amd64",), 612, ("--force",)),
     ]

@@ -6,14 +6,16 @@ The core calls the functions below and never names a distribution; each family i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
+from kheaders_pkg.config import Config
 from kheaders_pkg.distro import arch, debian, rpm  # noqa: F401  (defining them registers them)
 from kheaders_pkg.distro.base import PACKAGE_PREFIX, Owner, PackageFamily, is_ours
 from kheaders_pkg.distro.identity import tree_package
 from kheaders_pkg.distro.queue import Action, Request, dequeue, enqueue, now, pending
-from kheaders_pkg.errors import PackagingError, QueuedError
+from kheaders_pkg.errors import KernelDataError, PackagingError, QueuedError
 from kheaders_pkg.layout import Layout, check_release
 from kheaders_pkg.stamp import has_stamp
 
@@ -22,13 +24,18 @@ __all__ = [
     "Owner",
     "PackageFamily",
     "all_families",
+    "current_tree",
     "drain_queue",
+    "emit_and_register",
+    "emit_command",
     "emit_package",
     "families",
     "family_for_format",
     "is_ours",
     "owner_of",
+    "register_command",
     "register_tree",
+    "unregister_all",
     "unregister_release",
 ]
 
@@ -105,23 +112,32 @@ def _with_reason(request: Request, reason: str) -> Request:
 
 
 def _register(layout: Layout, family: type[PackageFamily], request: Request) -> None:
-    assert request.tree is not None
+    if request.tree is None:
+        raise PackagingError(f"queued registration of {request.release} names no tree")
     tree = layout.host(request.tree)
     built = family.emit(layout, tree, _packages_dir(layout))
     try:
-        _attempt(layout, family, request, lambda: family.register(layout, built))
+        _attempt(layout, family, request, functools.partial(family.register, layout, built))
     finally:
         built.unlink(missing_ok=True)
 
 
-def register_tree(layout: Layout, tree: Path) -> str | None:
+def register_tree(layout: Layout, tree: Path, package_format: str | None = None) -> str | None:
     """Build our package of `tree` and record it in the root's package database.
 
-    Returns the family's name, or None when the root has no database we build packages for.
-    Raises QueuedError (exit 12) when the package manager's lock is held: the request is written
-    to `<state>/queue/<release>.json` for `drain_queue`. Raises PackagingError otherwise.
+    `package_format` picks the family ("deb", "rpm"); by default the root's own. Returns the
+    family's name, or None when the root has no database we build packages for. Raises
+    QueuedError (exit 12) when the package manager's lock is held: the request is written to
+    `<state>/queue/<release>.json` for `drain_queue`. Raises PackagingError otherwise.
     """
     family = _registering_family(layout)
+    if package_format is not None:
+        family = family_for_format(package_format)
+        if not family.present(layout):
+            raise PackagingError(
+                f"cannot register a {package_format} package: no {family.name} database "
+                f"under {layout.root}"
+            )
     if family is None:
         return None
     package = tree_package(layout, tree)
@@ -134,20 +150,22 @@ def register_tree(layout: Layout, tree: Path) -> str | None:
     return family.name
 
 
-def unregister_release(layout: Layout, release: str) -> str | None:
+def unregister_release(
+    layout: Layout, release: str, family: type[PackageFamily] | None = None
+) -> str | None:
     """Remove our package for `release` (dpkg and rpm remove its listed files too).
 
     Returns the family's name, None without a database; queues like `register_tree`.
     """
     check_release(release)
-    family = _registering_family(layout)
+    family = family or _registering_family(layout)
     if family is None:
         return None
     request = Request(Action.UNREGISTER, release, family.name, None, now(), "")
     reason = family.busy(layout)
     if reason is not None:
         raise _queue(layout, _with_reason(request, reason))
-    _attempt(layout, family, request, lambda: family.unregister(layout, release))
+    _attempt(layout, family, request, functools.partial(family.unregister, layout, release))
     dequeue(layout, release)
     return family.name
 
@@ -170,7 +188,8 @@ def drain_queue(layout: Layout) -> list[str]:
             continue
         try:
             if request.action is Action.UNREGISTER:
-                family.unregister(layout, request.release)
+                unregister = functools.partial(family.unregister, layout, request.release)
+                _attempt(layout, family, request, unregister)
             elif request.tree is None or not has_stamp(layout.host(request.tree)):
                 dequeue(layout, request.release)
                 continue
@@ -185,4 +204,109 @@ def drain_queue(layout: Layout) -> list[str]:
         done.append(request.release)
     if failed:
         raise PackagingError(f"queued registrations failed: {'; '.join(failed)}")
+    return done
+
+
+# --- what the command line calls ------------------------------------------------------------
+
+
+def _release(layout: Layout, release: str | None) -> str:
+    """The given release, or the running kernel's (`uname -r`, under --kernel-fs)."""
+    if release is not None:
+        return check_release(release)
+    try:
+        return check_release(layout.kernel.osrelease.read_text().strip())
+    except OSError as e:
+        raise KernelDataError(f"{layout.kernel.osrelease}: cannot read ({e.strerror})") from None
+
+
+def current_tree(layout: Layout, release: str) -> Path:
+    """Our generated tree that `build` points to for `release`; PackagingError if there is none."""
+    from kheaders_pkg.tree import TreeKind, tree_state
+
+    state = tree_state(layout, release)
+    if state.kind is not TreeKind.OURS or state.tree is None or state.stamp is None:
+        raise PackagingError(
+            f"no generated tree for {release} to package ({state.kind}); run sync first"
+        )
+    return state.tree
+
+
+def _kept_packages_dir(layout: Layout, release: str) -> Path:
+    return _packages_dir(layout) / check_release(release)
+
+
+def emit_and_register(
+    layout: Layout, config: Config, release: str, generation: Path | None
+) -> list[Path]:
+    """After a regeneration: build the packages `config.emit` names and, with `config.register`,
+    register the root's own format. Built packages not registered are kept, one per format, in
+    `<state>/packages/<release>/`; returns their paths. Raises QueuedError after building when
+    the registration had to be queued."""
+    tree = generation if generation is not None else current_tree(layout, release)
+    registering = _registering_family(layout) if config.register else None
+    formats = [str(f) for f in config.emit]
+    if config.register and (registering is None or registering.format not in formats):
+        found = registering.name if registering else "none"
+        raise PackagingError(
+            f"cannot register: emit = {formats} does not include the root's package format "
+            f"(package manager: {found})"
+        )
+    kept: list[Path] = []
+    for package_format in formats:
+        family = family_for_format(package_format)
+        if family is registering:
+            continue
+        directory = _kept_packages_dir(layout, release)
+        for old in directory.glob(f"*.{package_format}"):
+            old.unlink()
+        kept.append(family.emit(layout, tree, directory))
+    if registering is not None:
+        register_tree(layout, tree, registering.format)
+    return kept
+
+
+def emit_command(layout: Layout, release: str | None, package_format: str, out_dir: Path) -> Path:
+    """`kheaders-pkg emit`: a package of the current tree of `release` (default: running)."""
+    tree = current_tree(layout, _release(layout, release))
+    return emit_package(layout, tree, out_dir, package_format)
+
+
+def register_command(
+    layout: Layout, config: Config, release: str | None, package_format: str | None
+) -> str:
+    """`kheaders-pkg register`: register the current tree of `release`; returns a line to print."""
+    drain_queue(layout)
+    name = _release(layout, release)
+    tree = current_tree(layout, name)
+    family = register_tree(layout, tree, package_format)
+    if family is None:
+        return f"nothing to register {name} with: no dpkg or rpm database under {layout.root}"
+    package = tree_package(layout, tree)
+    return f"registered {name} (version {package.version}) with {family}"
+
+
+def unregister_all(layout: Layout, release: str) -> list[str]:
+    """A kernel is going away: remove our package for `release` from every present database
+    (and its files) and drop kept packages and queued requests. Returns the families done;
+    raises QueuedError, after trying every family, if one was busy."""
+    done: list[str] = []
+    queued: QueuedError | None = None
+    for family in families(layout):
+        if family.format is None:
+            continue
+        try:
+            if family.installed_version(layout, family.package_name(release)) is not None:
+                unregister_release(layout, release, family)
+                done.append(family.name)
+        except QueuedError as e:
+            queued = e
+    directory = _kept_packages_dir(layout, release)
+    if directory.is_dir():
+        for old in directory.iterdir():
+            old.unlink()
+        directory.rmdir()
+    if queued is not None:
+        raise queued
+    dequeue(layout, release)
     return done

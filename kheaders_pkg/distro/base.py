@@ -6,12 +6,15 @@ present under the root, and lets that family answer ownership, build and registr
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
 from kheaders_pkg.errors import PackagingError
 from kheaders_pkg.layout import Layout
+from kheaders_pkg.run import run
 
 # Every package we generate is named PACKAGE_PREFIX + release; nothing else may start with it.
 PACKAGE_PREFIX = "kheaders-tree-"
@@ -33,6 +36,16 @@ class Owner:
     @property
     def is_ours(self) -> bool:
         return is_ours(self.package)
+
+    def __str__(self) -> str:
+        version = f", {self.version}" if self.version else ""
+        return f"{self.package} ({self.family}{version})"
+
+
+def tool(argv: Sequence[str | os.PathLike[str]]) -> str:
+    """Run dpkg, rpm or rpmbuild through the one run() wrapper; a failure is a PackagingError
+    ending with the tool's last stderr line. Returns stdout."""
+    return run(argv, error=PackagingError).stdout.decode("utf-8", "replace")
 
 
 def is_ours(package_name: str) -> bool:
@@ -73,6 +86,11 @@ class PackageFamily:
         if cls.name in PackageFamily.registry:
             raise TypeError(f"package family {cls.name!r} defined twice")
         PackageFamily.registry[cls.name] = cls
+
+    @classmethod
+    def package_name(cls, release: str) -> str:
+        """What our package for `release` is called in this family."""
+        return PACKAGE_PREFIX + release
 
     @classmethod
     def present(cls, layout: Layout) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from debian_inspector import debcon
 
-from kheaders_pkg.distro.base import Owner, PackageFamily, path_aliases
+from kheaders_pkg.distro.base import Owner, PackageFamily, path_aliases, tool
 from kheaders_pkg.distro.contents import (
     installed_size_kib,
     stage,
@@ -18,7 +18,6 @@ from kheaders_pkg.distro.contents import (
 from kheaders_pkg.distro.identity import TreePackage, deb_package_name, tree_package
 from kheaders_pkg.distro.queue import first_held
 from kheaders_pkg.distro.render import render
-from kheaders_pkg.distro.run import run
 from kheaders_pkg.errors import PackagingError
 from kheaders_pkg.layout import Layout
 
@@ -55,7 +54,7 @@ def architecture(layout: Layout) -> str:
         lines = []
     if lines:
         return lines[0]
-    return run(["dpkg", "--print-architecture"]).strip()
+    return tool(["dpkg", "--print-architecture"]).strip()
 
 
 def _single_line(name: str, value: str) -> str:
@@ -88,6 +87,10 @@ def _control(package: TreePackage, arch: str, installed_size: int) -> str:
 class Dpkg(PackageFamily):
     name = "dpkg"
     format = "deb"
+
+    @classmethod
+    def package_name(cls, release: str) -> str:
+        return deb_package_name(release)
 
     @classmethod
     def present(cls, layout: Layout) -> bool:
@@ -160,7 +163,7 @@ class Dpkg(PackageFamily):
             for name in ("control", "md5sums"):
                 (control_dir / name).chmod(0o644)
             result = out_dir / f"{package.deb_name}_{package.version}_{arch}.deb"
-            run(
+            tool(
                 [
                     "dpkg-deb",
                     "--root-owner-group",
@@ -179,15 +182,15 @@ class Dpkg(PackageFamily):
     def register(cls, layout: Layout, package: Path) -> None:
         # dpkg has no database-only install: it unpacks the same bytes over the tree, file by
         # file through rename, so a reader never sees a partial header.
-        run(["dpkg", *_dpkg_root_args(layout), "--install", package])
+        tool(["dpkg", *_dpkg_root_args(layout), "--install", package])
 
     @classmethod
     def unregister(cls, layout: Layout, release: str) -> None:
         # dpkg cannot forget a package and keep its files: the package's tree goes with it.
-        name = deb_package_name(release)
+        name = cls.package_name(release)
         if cls.installed_version(layout, name) is None:
             return
-        run(["dpkg", *_dpkg_root_args(layout), "--remove", name])
+        tool(["dpkg", *_dpkg_root_args(layout), "--remove", name])
 
 
 def _parents(inside_dir: str) -> set[str]:

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from functools import cache
 from pathlib import Path
 
 import jinja2
 
 from kheaders_pkg.errors import PackagingError
-
-# A source checkout keeps templates/ beside the package; an installed wheel puts them under
-# share/kheaders-pkg/templates (pyproject's shared-data).
-_CANDIDATES = (
-    Path(__file__).resolve().parents[2] / "templates",
-    Path(sys.prefix) / "share" / "kheaders-pkg" / "templates",
-)
+from kheaders_pkg.hooks import find_data_dir
 
 
 def templates_dir() -> Path:
-    for candidate in _CANDIDATES:
-        if candidate.is_dir():
-            return candidate
-    raise PackagingError(f"templates not found (looked in {', '.join(map(str, _CANDIDATES))})")
+    """templates/ beside hooks/: where hooks.py finds its data (checkout, package or wheel)."""
+    return find_data_dir() / "templates"
 
 
 def rpm_escape(value: object) -> str:

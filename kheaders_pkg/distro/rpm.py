@@ -17,11 +17,10 @@ from pathlib import Path
 
 import rpm
 
-from kheaders_pkg.distro.base import Owner, PackageFamily, path_aliases
+from kheaders_pkg.distro.base import Owner, PackageFamily, path_aliases, tool
 from kheaders_pkg.distro.identity import rpm_package_name, tree_package
 from kheaders_pkg.distro.queue import first_held
 from kheaders_pkg.distro.render import render
-from kheaders_pkg.distro.run import run
 from kheaders_pkg.errors import PackagingError
 from kheaders_pkg.layout import Layout
 
@@ -82,12 +81,16 @@ def _rpm_tool_args(layout: Layout) -> list[str]:
 
 @functools.cache
 def _is_debian_rpm() -> bool:
-    return "force-debian" in run(["rpm", "--help"])
+    return "force-debian" in tool(["rpm", "--help"])
 
 
 class Rpm(PackageFamily):
     name = "rpm"
     format = "rpm"
+
+    @classmethod
+    def package_name(cls, release: str) -> str:
+        return rpm_package_name(release)
 
     @classmethod
     def present(cls, layout: Layout) -> bool:
@@ -165,7 +168,7 @@ class Rpm(PackageFamily):
             argv: list[str] = ["rpmbuild", "-bb", "--nodeps", "--quiet"]
             for key, value in defines.items():
                 argv += ["--define", f"{key} {value}"]
-            run([*argv, spec_path])
+            tool([*argv, spec_path])
             built = sorted((topdir / "RPMS").glob(f"*/{package.rpm_name}-{package.version}-*.rpm"))
             if len(built) != 1:
                 raise PackagingError(f"rpmbuild left {len(built)} packages in {topdir}/RPMS")
@@ -180,7 +183,7 @@ class Rpm(PackageFamily):
         # --justdb: the files are already in place. -U replaces the previous generation's record;
         # --oldpackage/--replacepkgs because what is on disk is the truth even if the database
         # holds a higher generation (state wiped) or this very one.
-        run(
+        tool(
             [
                 "rpm",
                 *_rpm_tool_args(layout),
@@ -198,10 +201,10 @@ class Rpm(PackageFamily):
     @classmethod
     def unregister(cls, layout: Layout, release: str) -> None:
         # Like dpkg -r (which cannot do otherwise), the package's files go with it.
-        name = rpm_package_name(release)
+        name = cls.package_name(release)
         if cls.installed_version(layout, name) is None:
             return
-        run(
+        tool(
             [
                 "rpm",
                 *_rpm_tool_args(layout),

@@ -102,6 +102,11 @@ class GuestState:
     def __post_init__(self) -> None:
         for rel in (*WRITABLE, "e2e"):
             (self.path / rel).mkdir(parents=True, exist_ok=True)
+        # Same merged-/usr links as the host, so the tool run on the host with --root on the
+        # state writes lib/modules where the guest sees it.
+        for top in ("lib", "lib64"):
+            if Path("/", top).is_symlink() and not (self.path / top).is_symlink():
+                (self.path / top).symlink_to(os.readlink(Path("/", top)))
 
     @property
     def exchange(self) -> Path:

@@ -1,0 +1,1 @@
+"""kheaders-pkg benchmarks: `benchmarks/run` or `python -m benchmarks` (see README.md)."""

@@ -1,0 +1,378 @@
+"""The boot-time fast path of `check` agrees with the full `check`, or stays out of the way.
+
+For every state, `fast_check(argv)` must either return None (the full CLI then decides) or give
+the full CLI's exit code and the first word of its line. It must answer the common case: our
+fresh tree, including through a root whose `lib` or `usr/src` are absolute symlinks.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import pytest
+from conftest import REPO, copy_sysroot, corpus_kernel
+
+from kheaders_pkg import fastcheck, layout, stamp
+from kheaders_pkg.cli import main as cli_main
+from kheaders_pkg.errors import ExitCode
+from kheaders_pkg.fastcheck import fast_check
+
+KH_A = corpus_kernel("kh-6.1.192-kh-a")
+KH_B = corpus_kernel("kh-6.1.192-kh-b")
+RELEASE = KH_A.release
+
+
+@pytest.fixture(scope="module")
+def synced_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One root made by the real `sync` from kh-a; each state starts from a hard-linked copy."""
+    root = tmp_path_factory.mktemp("fastcheck") / "root"
+    root.mkdir()
+    code = cli_main(["--root", str(root), "--kernel-fs", str(KH_A.sysroot), "-q", "sync"])
+    assert code == 0
+    return root
+
+
+def clone(src: Path, dest: Path) -> Path:
+    subprocess.run(["cp", "-al", str(src), str(dest)], check=True)
+    return dest
+
+
+def generation(root: Path) -> Path:
+    return root / os.readlink(root / "lib/modules" / RELEASE / "build").lstrip("/")
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write without touching the hard-linked original."""
+    path.unlink()
+    path.write_bytes(data)
+
+
+def edit_stamp(root: Path, **changes: object) -> None:
+    p = generation(root) / layout.STAMP_NAME
+    data = json.loads(p.read_text())
+    data.update(changes)
+    replace_file(p, json.dumps(data, indent=1, sort_keys=True).encode())
+
+
+def relink(root: Path, name: str, target: str) -> None:
+    link = root / "lib/modules" / RELEASE / name
+    link.unlink()
+    os.symlink(target, link)
+
+
+@dataclass(frozen=True)
+class State:
+    """A root, a kernel-fs and the argv to ask about them."""
+
+    root: Path | str
+    kernel_fs: Path
+    extra: tuple[str, ...] = ()  # options before `check`
+    after: tuple[str, ...] = ()  # options after `check`
+
+    @property
+    def argv(self) -> list[str]:
+        return [
+            "--root",
+            str(self.root),
+            "--kernel-fs",
+            str(self.kernel_fs),
+            *self.extra,
+            "check",
+            *self.after,
+        ]
+
+
+Setup = Callable[[Path, Path], State]
+
+
+def _fresh(root: Path, work: Path) -> State:
+    return State(root, KH_A.sysroot)
+
+
+def _condition(root: Path, work: Path) -> State:
+    return State(root, KH_A.sysroot, after=("--condition",))
+
+
+def _quiet(root: Path, work: Path) -> State:
+    return State(root, KH_A.sysroot, extra=("-q",))
+
+
+def _stale_build_id(root: Path, work: Path) -> State:
+    return State(root, KH_B.sysroot)  # same release and config, another build and archive
+
+
+def _stale_config(root: Path, work: Path) -> State:
+    kfs = copy_sysroot(KH_A, work / "kfs")
+    config = gzip.decompress((kfs / "proc/config.gz").read_bytes()) + b"CONFIG_BENCH_EXTRA=y\n"
+    (kfs / "proc/config.gz").write_bytes(gzip.compress(config))
+    return State(root, kfs)
+
+
+def _stale_archive_size(root: Path, work: Path) -> State:
+    kfs = copy_sysroot(KH_A, work / "kfs")
+    with open(kfs / "sys/kernel/kheaders.tar.xz", "ab") as f:
+        f.write(b"\0")
+    return State(root, kfs)
+
+
+def _stale_uts_version(root: Path, work: Path) -> State:
+    kfs = copy_sysroot(KH_A, work / "kfs")
+    (kfs / "proc/sys/kernel/version").write_text("#2 SMP another build\n")
+    return State(root, kfs)
+
+
+def _no_kernel_config(root: Path, work: Path) -> State:
+    kfs = copy_sysroot(KH_A, work / "kfs")
+    (kfs / "proc/config.gz").unlink()
+    return State(root, kfs)
+
+
+def _bad_notes(root: Path, work: Path) -> State:
+    kfs = copy_sysroot(KH_A, work / "kfs")
+    notes = kfs / "sys/kernel/notes"
+    notes.write_bytes(notes.read_bytes() + b"\x05\0\0\0")  # a truncated note header
+    return State(root, kfs)
+
+
+def _source_elsewhere_ours(root: Path, work: Path) -> State:
+    gen = generation(root)
+    clone(gen, gen.with_name("gen-0099-000000000000"))
+    relink(
+        root, "source", str(Path("/") / gen.with_name("gen-0099-000000000000").relative_to(root))
+    )
+    return State(root, KH_A.sysroot)
+
+
+def _source_foreign(root: Path, work: Path) -> State:
+    foreign = root / "usr/src/linux-headers-x"
+    (foreign / "include").mkdir(parents=True)
+    (foreign / ".config").write_text("CONFIG_X=y\n")
+    relink(root, "source", "/usr/src/linux-headers-x")
+    return State(root, KH_A.sysroot)
+
+
+def _build_foreign(root: Path, work: Path) -> State:
+    foreign = root / "usr/src/linux-headers-x"
+    shutil.copytree(generation(root), foreign)  # even with our stamp: not in our trees dir
+    relink(root, "build", "/usr/src/linux-headers-x")
+    relink(root, "source", "/usr/src/linux-headers-x")
+    return State(root, KH_A.sysroot)
+
+
+def _stamp_corrupt(root: Path, work: Path) -> State:
+    replace_file(generation(root) / layout.STAMP_NAME, b'{"tool": "kheaders-pkg",')
+    return State(root, KH_A.sysroot)
+
+
+def _stamp_missing_key(root: Path, work: Path) -> State:
+    p = generation(root) / layout.STAMP_NAME
+    data = json.loads(p.read_text())
+    del data["manifest_sha256"]
+    replace_file(p, json.dumps(data).encode())
+    return State(root, KH_A.sysroot)
+
+
+def _stamp_bool_generation(root: Path, work: Path) -> State:
+    edit_stamp(root, generation=True)
+    return State(root, KH_A.sysroot)
+
+
+def _stamp_newer_format(root: Path, work: Path) -> State:
+    edit_stamp(root, format=2)
+    return State(root, KH_A.sysroot)
+
+
+def _stamp_distro_config(root: Path, work: Path) -> State:
+    edit_stamp(root, config_source="boot-config", config_sha256="0" * 64)
+    return State(root, KH_A.sysroot)
+
+
+def _stamp_gone(root: Path, work: Path) -> State:
+    (generation(root) / layout.STAMP_NAME).unlink()
+    return State(root, KH_A.sysroot)
+
+
+def _missing(root: Path, work: Path) -> State:
+    (root / "lib/modules" / RELEASE / "build").unlink()
+    (root / "lib/modules" / RELEASE / "source").unlink()
+    return State(root, KH_A.sysroot)
+
+
+def _dangling(root: Path, work: Path) -> State:
+    relink(root, "build", "/usr/src/kheaders-pkg/nowhere")
+    return State(root, KH_A.sysroot)
+
+
+def _relative_links(root: Path, work: Path) -> State:
+    inside = "../../.." + str(Path("/") / generation(root).relative_to(root))
+    relink(root, "build", inside)
+    relink(root, "source", inside)
+    return State(root, KH_A.sysroot)
+
+
+def _absolute_lib_link(root: Path, work: Path) -> State:
+    """Merged /usr with an absolute link, like `lib -> /usr/lib`: followed inside the root."""
+    (root / "usr/lib").mkdir(parents=True, exist_ok=True)
+    shutil.move(root / "lib/modules", root / "usr/lib/modules")
+    (root / "lib").rmdir()
+    os.symlink("/usr/lib", root / "lib")
+    return State(root, KH_A.sysroot)
+
+
+def _absolute_trees_link(root: Path, work: Path) -> State:
+    """usr/src is an absolute link to /srv/src inside the root; the links still say /usr/src."""
+    (root / "srv").mkdir()
+    shutil.move(root / "usr/src", root / "srv/src")
+    os.symlink("/srv/src", root / "usr/src")
+    return State(root, KH_A.sysroot)
+
+
+def _link_loop(root: Path, work: Path) -> State:
+    relink(root, "build", "/loop/a")
+    (root / "loop").mkdir()
+    os.symlink("/loop/b", root / "loop/a")
+    os.symlink("/loop/a", root / "loop/b")
+    return State(root, KH_A.sysroot)
+
+
+def _config_file(root: Path, work: Path) -> State:
+    (root / "etc").mkdir()
+    (root / "etc/kheaders-pkg.toml").write_text("keep_generations = 2\n")
+    return State(root, KH_A.sysroot)
+
+
+def _verbose(root: Path, work: Path) -> State:
+    return State(root, KH_A.sysroot, extra=("-v",))
+
+
+def _kernel_option(root: Path, work: Path) -> State:
+    return State(root, KH_A.sysroot, after=("--kernel", RELEASE))
+
+
+def _root_with_dots(root: Path, work: Path) -> State:
+    return State(f"{root}/./", KH_A.sysroot)
+
+
+# name: (setup, whether the fast path must answer it)
+STATES: dict[str, tuple[Setup, bool]] = {
+    "fresh": (_fresh, True),
+    "fresh --condition": (_condition, True),
+    "fresh -q": (_quiet, True),
+    "fresh, relative links": (_relative_links, True),
+    "fresh, lib -> /usr/lib": (_absolute_lib_link, True),
+    "fresh, usr/src -> /srv/src": (_absolute_trees_link, True),
+    "fresh, root spelled with ./": (_root_with_dots, True),
+    "stale build id": (_stale_build_id, False),
+    "stale config": (_stale_config, False),
+    "stale archive size": (_stale_archive_size, False),
+    "stale uts version": (_stale_uts_version, False),
+    "no kernel config": (_no_kernel_config, False),
+    "malformed notes": (_bad_notes, False),
+    "source at another tree of ours": (_source_elsewhere_ours, False),
+    "source foreign": (_source_foreign, False),
+    "build foreign": (_build_foreign, False),
+    "stamp corrupt": (_stamp_corrupt, False),
+    "stamp missing a key": (_stamp_missing_key, False),
+    "stamp generation is a bool": (_stamp_bool_generation, False),
+    "stamp newer format": (_stamp_newer_format, False),
+    "stamp from a distro config copy": (_stamp_distro_config, False),
+    "stamp gone": (_stamp_gone, False),
+    "missing": (_missing, False),
+    "dangling build": (_dangling, False),
+    "symlink loop": (_link_loop, False),
+    "config file present": (_config_file, False),
+    "-v": (_verbose, False),
+    "--kernel": (_kernel_option, False),
+}
+
+
+def answer(
+    capsys: pytest.CaptureFixture[str], ask: Callable[[list[str]], int | None], argv: list[str]
+) -> tuple[int | None, str]:
+    capsys.readouterr()
+    code = ask(argv)
+    out = capsys.readouterr().out
+    return code, (out.split() or [""])[0]
+
+
+@pytest.mark.parametrize("name", list(STATES))
+def test_fast_check_agrees_with_full_check(
+    name: str, synced_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup, must_answer = STATES[name]
+    state = setup(clone(synced_root, tmp_path / "root"), tmp_path)
+    fast_code, fast_word = answer(capsys, fast_check, state.argv)
+    full_code, full_word = answer(capsys, cli_main, state.argv)
+    if must_answer:
+        assert fast_code is not None, f"{name}: the fast path must answer the common case"
+    if fast_code is not None:
+        assert (fast_code, fast_word) == (full_code, full_word)
+    if name.startswith("fresh"):
+        expected = 1 if "--condition" in state.after else int(ExitCode.OK)
+        assert full_code == expected
+        assert full_word == ("" if "-q" in state.extra else "fresh:")
+    else:
+        assert fast_code is None
+
+
+def test_fast_check_declines_unknown_command_lines() -> None:
+    for argv in (
+        ["check", "--help"],
+        ["--root", "/", "sync"],
+        ["--ro", "/", "check"],
+        ["--root", "", "check"],
+        ["--root", "a/../b", "check"],
+        ["--root", "/x", "--root", "/y", "check"],
+        ["--config", "/etc/x.toml", "check"],
+        ["check", "--condition", "--condition"],
+    ):
+        assert fast_check(argv) is None, argv
+
+
+def test_copied_facts_match_their_source_of_truth() -> None:
+    assert fastcheck.STAMP_NAME == layout.STAMP_NAME
+    assert fastcheck.DEFAULT_TREES_DIR == layout.DEFAULT_TREES_DIR
+    assert fastcheck.MODULES_DIR == layout.MODULES_DIR
+    assert fastcheck.CONFIG_PATH == layout.CONFIG_PATH
+    assert fastcheck.MAX_SYMLINKS == layout.MAX_SYMLINKS
+    assert fastcheck.STAMP_FORMAT == stamp.STAMP_FORMAT
+    assert fastcheck.TOOL == stamp.TOOL
+    from kheaders_pkg.kernel import identity, kconfig, notes
+
+    assert fastcheck.SMALL == identity._SMALL
+    assert fastcheck.MAX_CONFIG_BYTES == kconfig.MAX_CONFIG_BYTES
+    assert fastcheck.NT_GNU_BUILD_ID == notes.NT_GNU_BUILD_ID
+    assert set(fastcheck.STAMP_INT) == stamp._INT
+    assert set(fastcheck.STAMP_OPTIONAL_STR) == stamp._OPTIONAL_STR
+    every = {*fastcheck.STAMP_INT, *fastcheck.STAMP_OPTIONAL_STR, *fastcheck.STAMP_STR}
+    assert every == {f.name for f in fields(stamp.Stamp)}
+    assert fastcheck.CONFIG_SOURCES == tuple(str(s) for s in stamp.ConfigSource)
+    assert fastcheck.BUILD_CONFIG_SOURCES == tuple(
+        str(s) for s in stamp.ConfigSource if s.is_build_config
+    )
+    assert fastcheck.ARCHIVE_SOURCES == tuple(str(s) for s in stamp.ArchiveSource)
+    assert fastcheck.EXIT_FRESH == int(ExitCode.OK)
+
+
+def test_fast_path_imports_nothing_heavy(synced_root: Path) -> None:
+    """The point of the fast path: none of the full CLI's imports on the way to "fresh"."""
+    code = (
+        "import sys; before = set(sys.modules); from kheaders_pkg.entry import main; "
+        f"sys.argv = ['kheaders-pkg', '--root', {str(synced_root)!r}, "
+        f"'--kernel-fs', {str(KH_A.sysroot)!r}, '-q', 'check']; rc = main(); "
+        "print(rc, ' '.join(sorted(set(sys.modules) - before)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[0] == "0"
+    heavy = {"argparse", "dataclasses", "enum", "pathlib", "logging", "json", "re", "hashlib"}
+    assert not heavy & set(out[1:]), out[1:]
