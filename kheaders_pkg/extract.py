@@ -47,13 +47,14 @@ _GZIP_MAGIC = b"\x1f\x8b"
 # not exhaust memory. gen_kheaders.sh uses xz's default preset (8 MiB dictionary, 9 MiB to decode).
 _XZ_MEMLIMIT = 32 << 20
 _IN_CHUNK = 256 << 10  # compressed bytes per read
-_OUT_CHUNK = 1 << 20  # decompressed bytes per queue item; the queue holds a few of these
-_QUEUE_ITEMS = 4
-# A block decoded ahead of the one being consumed buffers its output: at most this much.
-_LOOKAHEAD_BYTES = 16 << 20
+_OUT_CHUNK = 256 << 10  # decompressed bytes per queue item; the queue holds a few of these
+_QUEUE_ITEMS = 8
+# A block decoded ahead of the one being consumed buffers its output: at most this much. Memory
+# (the whole sync stays under 64 MiB): ~19 MiB interpreter, 9 MiB per decoder, this, the input.
+_LOOKAHEAD_BYTES = 6 << 20
 # The whole compressed input is held in memory (so the digest covers exactly the decoded bytes)
-# only for the parallel path, and only up to this size; real archives are 4-5 MB.
-_PARALLEL_MAX_INPUT = 32 << 20
+# only for the parallel path, and only up to this size (real archives are 4-5 MB): memory.
+_PARALLEL_MAX_INPUT = 8 << 20
 _META_MAX = 64 << 10  # a pax extended header (path, linkpath, xattrs) is far smaller than this
 _REUSE_BUFFER_MAX = 8 << 20  # a reuse candidate is held in memory until its hash is known
 _BLOCK = 512
@@ -391,7 +392,7 @@ def _decode_sequential(
         raise ArchiveError("trailing data after the end of the xz stream")
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+def _varint(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
     """An xz multibyte integer at `pos` -> (value, next position)."""
     value = 0
     for i in range(9):
@@ -425,7 +426,7 @@ class _XzBlock:
 _CHECK_SIZES = {0: 0, 1: 4, 4: 8, 10: 32}
 
 
-def _xz_blocks(buf: bytes) -> list[_XzBlock] | None:
+def _xz_blocks(buf: bytearray) -> list[_XzBlock] | None:
     """The blocks of a single-stream xz file, from its index; None if the layout is not exactly
     that (the sequential decoder then reports the problem)."""
     try:
@@ -464,31 +465,68 @@ def _xz_blocks(buf: bytes) -> list[_XzBlock] | None:
         return None
 
 
-def _block_as_stream(buf: bytes, block: _XzBlock) -> bytes:
-    """One block of `buf` as a complete xz stream of its own, with the original stream flags and a
-    one-record index, so that liblzma checks it fully (block header CRC, the check, the sizes)."""
+def _block_as_stream(buf: bytearray, block: _XzBlock) -> Iterator[bytes | memoryview]:
+    """One block of `buf` as a complete xz stream of its own, in pieces (no copy of the block):
+    the original stream header, the block, a one-record index and a footer, so that liblzma checks
+    it fully (block header CRC, the integrity check, both sizes)."""
     padded = (block.unpadded + 3) & ~3
     records = _encode_varint(block.unpadded) + _encode_varint(block.uncompressed)
     index = b"\x00\x01" + records
     index += bytes(-len(index) % 4)
     index += struct.pack("<I", zlib.crc32(index))
-    backward = struct.pack("<I", len(index) // 4 - 1) + buf[6:8]
+    backward = struct.pack("<I", len(index) // 4 - 1) + bytes(buf[6:8])
     footer = struct.pack("<I", zlib.crc32(backward)) + backward + _XZ_FOOTER_MAGIC
-    return buf[:12] + buf[block.offset : block.offset + padded] + index + footer
+    yield bytes(buf[:12])
+    view = memoryview(buf)
+    for start in range(block.offset, block.offset + padded, _IN_CHUNK):
+        yield view[start : min(start + _IN_CHUNK, block.offset + padded)]
+    yield index + footer
 
 
-def _decode_one(stream: bytes, put: Callable[[bytes], bool]) -> None:
+def _decode_one(pieces: Iterator[bytes | memoryview], put: Callable[[bytes], bool]) -> None:
+    """Decode one complete xz stream given in pieces; feed more input only when liblzma needs
+    it (it copies what it has not consumed)."""
     dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=_XZ_MEMLIMIT)
-    data = stream
     while not dec.eof:
+        data: bytes | memoryview = b""
+        if dec.needs_input:
+            data = next(pieces, b"")
+            if not data:
+                raise lzma.LZMAError("block ends early")
         out = dec.decompress(data, _OUT_CHUNK)
-        data = b""
         if out and not put(out):
             return
-        if dec.needs_input and not dec.eof:
-            raise lzma.LZMAError("block ends early")
-    if dec.unused_data:
+    if dec.unused_data or next(pieces, b""):
         raise lzma.LZMAError("data after the block")
+
+
+def _xz_block_count(stream: BinaryIO) -> int | None:
+    """How many blocks the (single) xz stream in a seekable file has, from its index; None if
+    it cannot be told. Only chooses the strategy: what is decoded is checked as it is read."""
+    try:
+        if not stream.seekable():
+            return None
+        start = stream.tell()
+        try:
+            end = stream.seek(0, os.SEEK_END)
+            if end - start < 32 or end - start > _PARALLEL_MAX_INPUT:
+                return None
+            stream.seek(end - 12)
+            footer = stream.read(12)
+            if len(footer) != 12 or footer[10:] != _XZ_FOOTER_MAGIC:
+                return None
+            index_size = (struct.unpack("<I", footer[4:8])[0] + 1) * 4
+            if index_size > end - start - 24:
+                return None
+            stream.seek(end - 12 - index_size)
+            index = stream.read(min(index_size, 16))
+            if len(index) < 2 or index[0] != 0:
+                return None
+            return _varint(index, 1)[0]
+        finally:
+            stream.seek(start)
+    except (OSError, ValueError, AttributeError, struct.error):
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -502,10 +540,10 @@ class _Decompressed:
     by the caller's thread. The queue is bounded: the stream is never held in memory.
     """
 
-    def __init__(self, read: Callable[[int], bytes], seekable_size: int | None, limits: Limits):
+    def __init__(self, read: Callable[[int], bytes], blocks: int | None, limits: Limits):
         self.meter = _Meter()
         self._read = read
-        self._seekable_size = seekable_size
+        self._blocks = blocks
         self._limits = limits
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(_QUEUE_ITEMS)
         self._stop = threading.Event()
@@ -545,20 +583,19 @@ class _Decompressed:
     def _run(self) -> None:
         try:
             data = _start(self._read, self.meter)
-            size = self._seekable_size
-            if size is not None and size <= _PARALLEL_MAX_INPUT:
+            read = self._read
+            if self._blocks is not None and self._blocks > 1:
                 # Read it all (4-5 MB): the digest then covers exactly the bytes decoded.
-                parts = [data]
-                while chunk := self._read(_IN_CHUNK):
-                    parts.append(self.meter.add(chunk))
-                data = b"".join(parts)
-                blocks = _xz_blocks(data)
+                whole = bytearray(data)
+                while len(whole) <= _PARALLEL_MAX_INPUT and (chunk := read(_IN_CHUNK)):
+                    whole += self.meter.add(chunk)
+                blocks = _xz_blocks(whole) if len(whole) <= _PARALLEL_MAX_INPUT else None
                 if blocks is not None and len(blocks) > 1:
-                    self._run_parallel(data, blocks)
+                    self._run_parallel(whole, blocks)
                     return
-                read: Callable[[int], bytes] = _nothing  # everything was read already
-            else:
-                read = self._read
+                # Not what the index promised: decode in one go, what was read first.
+                data, read = bytes(whole), self._read
+                del whole
             for out in _decode_sequential(data, read, self.meter, self._limits):
                 if not self._put(out):
                     return
@@ -566,7 +603,7 @@ class _Decompressed:
         except BaseException as err:  # handed to the consumer, raised there
             self._put(err)
 
-    def _run_parallel(self, data: bytes, blocks: list[_XzBlock]) -> None:
+    def _run_parallel(self, data: bytearray, blocks: list[_XzBlock]) -> None:
         """Decode the blocks concurrently; hand their output on in order.
 
         Block 0 streams through the main queue; each later block buffers at most
@@ -578,7 +615,10 @@ class _Decompressed:
         # Workers take blocks in order, so the block being consumed is always being decoded
         # (or done): a later block waiting on its full lookahead can never starve it.
         cancel = threading.Event()
-        outputs = [_BlockOutput(cancel) for _ in blocks]
+        # The block being consumed needs no more buffer than the main queue; later ones get more.
+        outputs = [
+            _BlockOutput(cancel, _LOOKAHEAD_BYTES if i else _OUT_CHUNK) for i in range(len(blocks))
+        ]
         next_block = iter(range(len(blocks)))
         take = threading.Lock()
 
@@ -605,6 +645,7 @@ class _Decompressed:
             t.start()
         try:
             for out in outputs:
+                out.limit = _OUT_CHUNK  # read without a lock: a stale value only delays a put
                 for chunk in out:
                     if not self._put(chunk):
                         return
@@ -616,9 +657,10 @@ class _Decompressed:
 
 
 class _BlockOutput:
-    """One block's decoded chunks, bounded to _LOOKAHEAD_BYTES."""
+    """One block's decoded chunks, at most `limit` bytes of them buffered."""
 
-    def __init__(self, stop: threading.Event) -> None:
+    def __init__(self, stop: threading.Event, limit: int) -> None:
+        self.limit = limit
         self._chunks: list[bytes] = []
         self._bytes = 0
         self._end: BaseException | None = None
@@ -628,7 +670,7 @@ class _BlockOutput:
 
     def put(self, chunk: bytes) -> bool:
         with self._cond:
-            while self._bytes >= _LOOKAHEAD_BYTES and not self._stop.is_set():
+            while self._bytes >= self.limit and not self._stop.is_set():
                 self._cond.wait(0.05)
             if self._stop.is_set():
                 return False
@@ -659,10 +701,6 @@ class _BlockOutput:
                 else:
                     return
             yield chunk
-
-
-def _nothing(n: int) -> bytes:
-    return b""
 
 
 # --------------------------------------------------------------------------------------------
@@ -1303,10 +1341,10 @@ def _extract_stream(
     stream: BinaryIO, root_fd: int, limits: Limits, reuse: _Reuse | None
 ) -> ExtractResult:
     read = _safe_reader(stream)
-    seekable_size = _remaining_size(stream)
+    blocks = _xz_block_count(stream)
     state = _Extraction(root_fd, limits, reuse, _read_umask())
     try:
-        with _Decompressed(read, seekable_size, limits) as decompressed:
+        with _Decompressed(read, blocks, limits) as decompressed:
             # run() returns only after reading the decoder's output to its end, so the xz
             # stream's index and check were verified and nothing follows it.
             state.run(_TarInput(iter(decompressed)))
@@ -1337,14 +1375,3 @@ def _safe_reader(stream: BinaryIO) -> Callable[[int], bytes]:
             raise ArchiveError(f"cannot read archive: {err.strerror or err}") from None
 
     return read
-
-
-def _remaining_size(stream: BinaryIO) -> int | None:
-    """Bytes left in a regular file; None for pipes, sockets and sysfs-like files."""
-    try:
-        st = os.fstat(stream.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        return max(0, st.st_size - stream.tell())
-    except (OSError, ValueError, AttributeError):
-        return None

@@ -139,5 +139,5 @@ def test_pacman_script_reads_targets(tmp_path: Path, hooks: Path) -> None:
     )
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert check(root, copy_sysroot(kernel, tmp_path / "kfs")) == 0
-    subprocess.run([str(script), "remove"], input=targets, env=env, check=True)
+    subprocess.run([str(script), "remove"], input=targets, env=env, check=True, text=True)
     assert not (root / "lib/modules" / kernel.release / "build").is_symlink()

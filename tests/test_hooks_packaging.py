@@ -11,7 +11,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SKIP = {".venv", ".git", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+# What a source package never holds: virtual environments, caches, and scratch output of
+# scripts/demo and the benchmarks (it contains symlinks into a scratch root).
+SKIP = {
+    ".venv",
+    ".git",
+    "__pycache__",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    "scratch",
+    "results",
+}
 
 HOOK_PATHS = (
     "/lib/systemd/system/kheaders-pkg.service",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +39,11 @@ class Guest:
         return state
 
     def boot(
-        self, state: vm.GuestState, scenario: str, timeout: float = vm.TIMEOUT, memory: int = 1024
+        self,
+        state: vm.GuestState,
+        scenario: str | Sequence[str],
+        timeout: float = vm.TIMEOUT,
+        memory: int = 1024,
     ) -> vm.BootResult:
         return vm.boot(self.kernel, self.initramfs, state, scenario, timeout=timeout, memory=memory)
 
@@ -52,6 +56,7 @@ def guest_factory(tmp_path_factory: pytest.TempPathFactory) -> GuestFactory:
     """`guest_factory(name)`: the Guest for a corpus kernel; initramfs built once per session."""
     cache: dict[str, Guest] = {}
     images = tmp_path_factory.mktemp("initramfs")
+    vm.precompile()  # before any guest starts: the guest cannot write bytecode
 
     def make(name: str) -> Guest:
         if name not in cache:

@@ -43,20 +43,121 @@ def tool_said(result: vm.BootResult, name: str) -> str:
     return f"{name}: rc {result.get(name + '.rc')}, stderr {result.get(name + '.err')!r}"
 
 
-# --- the harness itself -------------------------------------------------------------------------
-
+# --- the boots: the fewest that cover every scenario, each doing all it can --------------------
 
 # Boots run one after another: with 2 host cores, two TCG guests at once (vCPU plus the 9p I/O
 # thread each) took 65 s for the five smoke boots, against 40 s in sequence.
+#
+# Every kernel gets a fresh root and, on it, in this order (D runs in every boot):
+#   first   smoke + A: no tree; check says 3, the unit's sync makes the tree, check says 0
+#   reboot  B: the same kernel again; check 0, sync changes nothing
+#   stale   C, on kh-b: booted on kh-a's root after kh-a's reboot (kh-a's tree, build id of -a);
+#           on each Debian kernel: on its own root after its reboot, with the tree of the other
+#           Debian kernel planted under this release on the host; on Debian 6.1, bcc follows
+FIRST, REBOOT, STALE = "first", "reboot", "stale"
+BCC_KERNEL = "debian-6.1.0-56-amd64"
+
+
+def stale_kernels() -> tuple[str, ...]:
+    return (KH_B, *DEBIAN)
+
+
+@dataclass
+class Boot:
+    """One boot of a chain and what the host saw of the root right after it."""
+
+    result: vm.BootResult
+    tree_has_sched_h: bool
+    tree_copy: Path | None = None  # the tree behind the build link, copied after the boot
+    planted_copy: Path | None = None  # the tree planted before the boot (Debian C)
+
+
+class Chains:
+    """Boots each kernel's chain on demand, once per session; a failed boot fails every test
+    that needs it (with the same error) and is not retried."""
+
+    def __init__(self, guest_factory: GuestFactory, work: Path) -> None:
+        self.guest_factory = guest_factory
+        self.work = work
+        self.states: dict[str, vm.GuestState] = {}
+        self.done: dict[tuple[str, str], Boot | BaseException] = {}
+
+    def get(self, name: str, stage: str) -> Boot:
+        key = (name, stage)
+        if key not in self.done:
+            try:
+                self.done[key] = self._boot(name, stage)
+            except Exception as exc:  # kept, raised again for every test that needs this boot
+                self.done[key] = exc
+        found = self.done[key]
+        if isinstance(found, BaseException):
+            raise found
+        return found
+
+    def _after(self, name: str, stage: str) -> Boot:
+        """An earlier boot this one builds on, which must have left a fresh tree."""
+        try:
+            earlier = self.get(name, stage)
+        except Exception as exc:
+            raise AssertionError(f"needs the {stage} boot of {name}, which failed: {exc}") from exc
+        sync = earlier.result
+        assert sync.rc("sync") == 0, f"{name} {stage}: " + tool_said(sync, "sync")
+        return earlier
+
+    def _record(self, guest: Guest, state: vm.GuestState, result: vm.BootResult) -> Boot:
+        tree = state.resolve(f"/lib/modules/{guest.release}/build")
+        return Boot(result, tree.is_dir() and (tree / "include/linux/sched.h").is_file())
+
+    def _boot(self, name: str, stage: str) -> Boot:
+        guest = self.guest_factory(name)
+        if stage == FIRST:
+            state = guest.prepare(vm.GuestState(self.work / f"root-{name}"))
+            self.states[name] = state
+            boot = self._record(guest, state, guest.boot(state, ["smoke", "first_boot"], 300))
+            if name == KH_A:
+                boot.tree_copy = copy_tree(state, guest.release, self.work / "tree-kh-a")
+            return boot
+        if stage == REBOOT:
+            self._after(name, FIRST)
+            state = self.states[name]
+            return self._record(guest, state, guest.boot(state, "reboot", 240))
+        assert stage == STALE and name in stale_kernels(), (name, stage)
+        planted = None
+        if name == KH_B:
+            self._after(KH_A, REBOOT)
+            state = self.states[KH_A]  # kh-a's root, with kh-a's tree
+            scenarios = ["stale"]
+        else:
+            self._after(name, REBOOT)
+            state = self.states[name]
+            other = self.guest_factory(next(k for k in DEBIAN if k != name))
+            tree = plant_other_build_tree(state, other, guest.release, self.work / f"plant-{name}")
+            planted = shutil.copytree(tree, self.work / f"planted-{name}", symlinks=True)
+            scenarios = ["stale", "bcc"] if name == BCC_KERNEL else ["stale"]
+        memory = 2048 if "bcc" in scenarios else 1024
+        timeout = 480 if "bcc" in scenarios else 300
+        boot = self._record(guest, state, guest.boot(state, scenarios, timeout, memory))
+        boot.planted_copy = planted
+        if boot.tree_has_sched_h:
+            boot.tree_copy = copy_tree(state, guest.release, self.work / f"tree-{name}-stale")
+        return boot
+
+
+@pytest.fixture(scope="session")
+def chains(guest_factory: GuestFactory, tmp_path_factory: pytest.TempPathFactory) -> Chains:
+    return Chains(guest_factory, tmp_path_factory.mktemp("chains"))
+
+
+# --- the harness itself -------------------------------------------------------------------------
 
 
 @pytest.mark.vm
 @pytest.mark.parametrize("name", KERNELS)
 def test_guest_runs_scenario_on_live_kernel_with_writable_modules_dir(
-    name: str, guest_factory: GuestFactory, state: vm.GuestState
+    name: str, guest_factory: GuestFactory, chains: Chains
 ) -> None:
     guest = guest_factory(name)
-    result = guest.boot(guest.prepare(state), "smoke")
+    result = chains.get(name, FIRST).result  # the smoke part runs first in that boot
     expected = guest.corpus.expected
     assert result["uname"] == expected["kernelrelease"]
     assert result["notes_sha256"] == expected["notes_sha256"]
@@ -73,29 +174,16 @@ def test_guest_runs_scenario_on_live_kernel_with_writable_modules_dir(
 # --- scenario A (first boot) and B (reboot on the same root) -----------------------------------
 
 
-@dataclass(frozen=True)
-class FirstBoot:
-    guest: Guest
-    state: vm.GuestState
-    result: vm.BootResult
-
-
-@pytest.fixture(scope="module", params=FIRST_BOOT_KERNELS)
-def first_boot(
-    request: pytest.FixtureRequest,
-    guest_factory: GuestFactory,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> FirstBoot:
-    guest = guest_factory(str(request.param))
-    state = guest.prepare(vm.GuestState(tmp_path_factory.mktemp(f"root-{guest.name}")))
-    return FirstBoot(guest, state, guest.boot(state, "first_boot", timeout=240))
-
-
 @pytest.mark.vm
-def test_first_boot_check_asks_for_sync_and_sync_makes_a_fresh_tree(first_boot: FirstBoot) -> None:
-    result, expected = first_boot.result, first_boot.guest.corpus.expected
+@pytest.mark.parametrize("name", FIRST_BOOT_KERNELS)
+def test_first_boot_check_asks_for_sync_and_sync_makes_a_fresh_tree(
+    name: str, guest_factory: GuestFactory, chains: Chains
+) -> None:
+    guest = guest_factory(name)
+    boot = chains.get(name, FIRST)
+    result, expected = boot.result, guest.corpus.expected
     release = expected["kernelrelease"]
-    if first_boot.guest.name == TOOL_LOADS_KHEADERS:
+    if name == TOOL_LOADS_KHEADERS:
         assert result["kheaders_loaded_before"] == "0"  # the tool must load it itself
 
     assert result.rc("check_before") == NEEDS_SYNC, tool_said(result, "check_before")
@@ -109,7 +197,7 @@ def test_first_boot_check_asks_for_sync_and_sync_makes_a_fresh_tree(first_boot: 
     assert status["config_sha256"] == expected["config_sha256"]
     assert status["tree"]["kind"] == "ours"
     assert status["tree"]["identity"]["archive_sha256"] == expected["kheaders_tar_xz_sha256"]
-    if first_boot.guest.name == TOOL_LOADS_KHEADERS:
+    if name == TOOL_LOADS_KHEADERS:
         # sync loaded kheaders.ko and unloaded it again (as bcc does): status reads no archive.
         assert status["archive_sha256"] in (None, expected["kheaders_tar_xz_sha256"])
     else:
@@ -119,24 +207,75 @@ def test_first_boot_check_asks_for_sync_and_sync_makes_a_fresh_tree(first_boot: 
     assert result["build_target"].startswith("/usr/src/"), result["build_target"]
     assert result["build_has_kconfig_h"] == "1"
     assert result["build_utsrelease"] == f'#define UTS_RELEASE "{release}"'
-    tree = first_boot.state.resolve(f"/lib/modules/{release}/build")
-    assert tree.is_dir() and (tree / "include/linux/sched.h").is_file()
+    assert boot.tree_has_sched_h  # seen on the host, right after the boot
 
 
 @pytest.mark.vm
+@pytest.mark.parametrize("name", FIRST_BOOT_KERNELS)
 def test_reboot_of_same_kernel_finds_tree_fresh_and_sync_changes_nothing(
-    first_boot: FirstBoot,
+    name: str, chains: Chains
 ) -> None:
-    assert first_boot.result.rc("sync") == 0, tool_said(first_boot.result, "sync")
-    result = first_boot.guest.boot(first_boot.state, "reboot", timeout=180)
+    first = chains.get(name, FIRST).result
+    result = chains.get(name, REBOOT).result
 
     assert result.rc("check") == FRESH, tool_said(result, "check")
     assert result.rc("sync") == 0, tool_said(result, "sync")
     # Same target, same directory inode and mtime, same header inode and mtime: not regenerated.
     for what in ("target", "dir", "header"):
         assert result[f"after.{what}"] == result[f"before.{what}"], what
-    assert result["before.target"] == first_boot.result["build_target"]
-    assert result["before.header"] == first_boot.result["header_stat"]
+    assert result["before.target"] == first["build_target"]
+    assert result["before.header"] == first["header_stat"]
+
+
+# --- scenario D: the boot path (initramfs hook, systemd unit) agrees with the CLI ---------------
+
+# What `check` exits with for each verdict of the initramfs hook.
+CHECK_FOR_VERDICT = {"missing": NEEDS_SYNC, "stale": NEEDS_SYNC, "fresh": FRESH}
+# ExecCondition=: exit 0 runs ExecStart= (sync), 1 skips it.
+RUN_SYNC, SKIP_SYNC = 0, 1
+
+
+def boot_path_cases() -> list[tuple[str, str]]:
+    cases = [(name, stage) for name in FIRST_BOOT_KERNELS for stage in (FIRST, REBOOT)]
+    return cases + [(name, STALE) for name in stale_kernels()]
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize(("name", "stage"), boot_path_cases())
+def test_boot_hooks_give_the_same_verdicts_as_the_cli(
+    name: str, stage: str, chains: Chains
+) -> None:
+    result = chains.get(name, stage).result
+    verdict = result["initramfs.verdict"]
+    expected_verdict = {FIRST: "missing", REBOOT: "fresh", STALE: "stale"}[stage]
+    assert verdict == expected_verdict, result.get("initramfs.reason")
+    if stage == STALE:
+        assert BUILD_ID.search(result["initramfs.reason"]), result["initramfs.reason"]
+
+    # The CLI's check, before anything changed in this boot, says the same.
+    check = "check" if stage == REBOOT else "check_before"
+    assert result.rc(check) == CHECK_FOR_VERDICT[verdict], tool_said(result, check)
+
+    # The unit, by its own command lines: the condition wrapper maps the verdict to run/skip.
+    assert result["condition_before.line" if stage != REBOOT else "condition.line"].endswith(
+        "kheaders-pkg-condition"
+    )
+    if stage == REBOOT:
+        assert result.rc("condition") == SKIP_SYNC, tool_said(result, "condition")
+        assert "initramfs verdict" in result["condition.out"]  # no Python started
+        # Without the initramfs verdict the wrapper asks `check` itself, and skips too.
+        assert result.rc("condition_no_verdict") == SKIP_SYNC, tool_said(
+            result, "condition_no_verdict"
+        )
+        assert "initramfs verdict" not in result["condition_no_verdict.out"]
+        return
+    assert result.rc("condition_before") == RUN_SYNC, tool_said(result, "condition_before")
+    assert result["sync.line"] == f"{vm.GUEST_TOOL} sync"  # ExecStart= ran the sync
+    assert result.rc("sync") == 0, tool_said(result, "sync")
+    # After the sync, the hook (run again, NEWROOT at the root) and the condition say fresh.
+    assert result.rc("check_after") == FRESH, tool_said(result, "check_after")
+    assert result["after.verdict"] == "fresh", result.get("after.reason")
+    assert result.rc("condition_after") == SKIP_SYNC, tool_said(result, "condition_after")
 
 
 # --- scenario C: the same release, another build ------------------------------------------------
@@ -179,18 +318,19 @@ def copy_tree(state: vm.GuestState, release: str, dest: Path) -> Path:
 
 @pytest.mark.vm
 def test_same_release_rebuilt_kernel_makes_tree_stale_and_sync_replaces_it(
-    guest_factory: GuestFactory, state: vm.GuestState, tmp_path: Path
+    guest_factory: GuestFactory, chains: Chains
 ) -> None:
     guest_a, guest_b = guest_factory(KH_A), guest_factory(KH_B)
-    release = guest_a.release
-    assert guest_b.release == release
+    assert guest_b.release == guest_a.release
 
-    first = guest_a.boot(state, "first_boot", timeout=240)
+    first_boot = chains.get(KH_A, FIRST)  # kh-a synced on this root (and rebooted: B)
+    first = first_boot.result
     assert first.rc("sync") == 0, tool_said(first, "sync")
     assert first.rc("check_after") == FRESH, tool_said(first, "check_after")
-    tree_a = copy_tree(state, release, tmp_path / "tree-a")
 
-    second = guest_b.boot(state, "stale", timeout=240)
+    boot = chains.get(KH_B, STALE)  # kh-b booted on that root
+    second = boot.result
+    assert second["old_variant"] == "#define KH_CORPUS_VARIANT 0"  # kh-a's tree, before
     assert second.rc("check_before") == NEEDS_SYNC, tool_said(second, "check_before")
     before = status_of(second, "status_before")
     assert before["verdict"] != "fresh", before
@@ -204,8 +344,8 @@ def test_same_release_rebuilt_kernel_makes_tree_stale_and_sync_replaces_it(
     assert second["target"] != first["build_target"]
 
     # A header consumer on the host sees the difference between the two trees.
-    tree_b = copy_tree(state, release, tmp_path / "tree-b")
-    seen_a, seen_b = compile_consumer(tree_a), compile_consumer(tree_b)
+    assert first_boot.tree_copy is not None and boot.tree_copy is not None
+    seen_a, seen_b = compile_consumer(first_boot.tree_copy), compile_consumer(boot.tree_copy)
     assert (seen_a["kh_corpus_variant"], seen_b["kh_corpus_variant"]) == (0, 2)
 
 
@@ -224,6 +364,14 @@ def plant_other_build_tree(state: vm.GuestState, other: Guest, release: str, wor
     sysroot); then the tree, its links and its stamp's release are moved to `release`: what a root
     looks like after another build of the same release ran and synced on it.
     """
+    # This release's own tree (from its first boot) goes: the other build synced last.
+    modules = state.host_path(f"/lib/modules/{release}")
+    own = state.resolve(f"/lib/modules/{release}/build")
+    for name in ("build", "source"):
+        if (modules / name).is_symlink():
+            (modules / name).unlink()
+    if own.is_dir():
+        shutil.rmtree(own.parent)  # usr/src/kheaders-pkg/$KVER, every generation
     kernel_fs = copy_sysroot(other.corpus, work / "kernel-fs")
     done = tool_on_host("--root", str(state.path), "--kernel-fs", str(kernel_fs), "sync")
     assert done.returncode == 0, done.stderr
@@ -235,7 +383,7 @@ def plant_other_build_tree(state: vm.GuestState, other: Guest, release: str, wor
     new_tree_dir = old_tree_dir.with_name(release)
     old_tree_dir.rename(new_tree_dir)
     new_modules = state.host_path(f"/lib/modules/{release}")
-    new_modules.mkdir(parents=True)
+    new_modules.mkdir(parents=True, exist_ok=True)
     for name in ("build", "source"):
         if (old_modules / name).is_symlink():
             target = os.readlink(old_modules / name)
@@ -254,14 +402,11 @@ def plant_other_build_tree(state: vm.GuestState, other: Guest, release: str, wor
 @pytest.mark.vm
 @pytest.mark.parametrize("name", DEBIAN)
 def test_tree_from_other_debian_build_under_this_release_is_detected_and_replaced(
-    name: str, guest_factory: GuestFactory, state: vm.GuestState, tmp_path: Path
+    name: str, guest_factory: GuestFactory, chains: Chains
 ) -> None:
     guest = guest_factory(name)
-    other = guest_factory(next(k for k in DEBIAN if k != name))
-    planted = plant_other_build_tree(state, other, guest.release, tmp_path)
-    tree_other = shutil.copytree(planted, tmp_path / "tree-other", symlinks=True)
-
-    result = guest.boot(state, "stale", timeout=240)
+    boot = chains.get(name, STALE)  # on its own root, after A and B, with the other tree planted
+    result = boot.result
     assert result.rc("check_before") == NEEDS_SYNC, tool_said(result, "check_before")
     before = status_of(result, "status_before")
     assert before["tree"]["kind"] == "ours", before
@@ -271,8 +416,8 @@ def test_tree_from_other_debian_build_under_this_release_is_detected_and_replace
     assert status_of(result, "status")["build_id"] == guest.corpus.expected["build_id"]
     assert result["utsrelease"] == f'#define UTS_RELEASE "{guest.release}"'
 
-    tree = copy_tree(state, guest.release, tmp_path / "tree")
-    seen, seen_other = compile_consumer(tree), compile_consumer(tree_other)
+    assert boot.tree_copy is not None and boot.planted_copy is not None
+    seen, seen_other = compile_consumer(boot.tree_copy), compile_consumer(boot.planted_copy)
     assert seen["kh_version_code"] != seen_other["kh_version_code"]
     assert seen["kh_version_code"] >> 16 == int(guest.release.split(".")[0])
     assert seen["kh_sizeof_file"] != seen_other["kh_sizeof_file"]
@@ -282,14 +427,14 @@ def test_tree_from_other_debian_build_under_this_release_is_detected_and_replace
 
 
 @pytest.mark.vm
-def test_bcc_in_guest_compiles_and_attaches_kprobe_with_synced_tree_only(
-    guest_factory: GuestFactory, state: vm.GuestState, tmp_path: Path
-) -> None:
+def test_bcc_in_guest_compiles_and_attaches_kprobe_with_synced_tree_only(chains: Chains) -> None:
     # Debian 12's bcc 0.26 (clang 14) cannot parse 6.12's include/linux/bpf.h against its own
-    # compat uapi bpf.h, whoever provides the headers: the consumer runs on the 6.1 kernel.
-    guest = guest_factory("debian-6.1.0-56-amd64")
-    result = guest.boot(state, "bcc", timeout=400, memory=2048)
+    # compat uapi bpf.h, whoever provides the headers: the consumer runs on the 6.1 kernel, in
+    # the boot whose sync (scenario C) just replaced the tree.
+    boot = chains.get(BCC_KERNEL, STALE)
+    result = boot.result
     assert result.rc("sync") == 0, tool_said(result, "sync")
+    assert result["bcc_tree"] == result["target"]  # the tree that sync made
     assert result["kprobes"] == "1" and result["tracefs"] == "1"
 
     assert result.rc("bcc_with_tree") == 0, result["bcc_with_tree.err"][-3000:]
@@ -298,7 +443,8 @@ def test_bcc_in_guest_compiles_and_attaches_kprobe_with_synced_tree_only(
     assert seen["attached"].endswith("sys_getpid")
     assert seen["tgid_matches"] == "1" and seen["comm"] == "python3.11"
     # The struct sizes bcc compiled in are what the host's clang gets from the same tree.
-    sizes = compile_consumer(copy_tree(state, guest.release, tmp_path / "tree"))
+    assert boot.tree_copy is not None
+    sizes = compile_consumer(boot.tree_copy)
     assert int(seen["sizeof_file"]) == sizes["kh_sizeof_file"]
     assert int(seen["sizeof_sock"]) == sizes["kh_sizeof_sock"]
 

@@ -16,10 +16,13 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from kheaders_pkg.hooks import CONDITION, HookSystem, render_hooks
 
 HERE = Path(__file__).resolve().parent
 GUEST_DIR = HERE / "guest"
@@ -38,6 +41,14 @@ MARK = "@@KH "
 MARK64 = "@@KH64 "
 TIMEOUT = 120.0
 
+# The tool as the guest runs it: the console script's entry point (kheaders_pkg.entry, so the
+# fast path of `check` is the one exercised) on the host's real interpreter, from this checkout.
+# The systemd unit rendered for the guest names this wrapper as its executable.
+GUEST_TOOL = "/run/kh-e2e/kheaders-pkg"
+GUEST_HOOKS = "/run/kh-e2e/hooks"
+# The rendered systemd files the boot scenarios run (by their command lines, as systemd would).
+UNIT_FILES = ("kheaders-pkg.service", os.path.basename(CONDITION))
+
 # Where the tool writes, as real paths inside the root (Debian's /lib is a symlink to usr/lib):
 # these are bound from the state share, so they persist across boots.
 WRITABLE = (
@@ -45,6 +56,20 @@ WRITABLE = (
     "usr/src",
     "var/lib/kheaders-pkg",
 )
+
+
+def precompile() -> None:
+    """Byte-compile the tool and its site-packages on the host, before any guest starts.
+
+    The guest's root is read-only and its Python never writes bytecode: without .pyc files next
+    to the sources, every start in the guest compiles each imported module again, under TCG.
+    compileall only rewrites what is missing or out of date.
+    """
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "-j0", str(CHECKOUT / "kheaders_pkg"),
+         str(SITE_PACKAGES)],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 class VMError(Exception):
@@ -102,6 +127,7 @@ class GuestState:
     def __post_init__(self) -> None:
         for rel in (*WRITABLE, "e2e"):
             (self.path / rel).mkdir(parents=True, exist_ok=True)
+        self._install_tool()
         # Same merged-/usr links as the host, so the tool run on the host with --root on the
         # state writes lib/modules where the guest sees it.
         for top in ("lib", "lib64"):
@@ -112,6 +138,23 @@ class GuestState:
     def exchange(self) -> Path:
         """Seen as /run/kh-e2e in the guest: scenario, helpers, inputs."""
         return self.path / "e2e"
+
+    def _install_tool(self) -> None:
+        """The guest's `kheaders-pkg` executable and the systemd files rendered for it."""
+        tool = self.exchange / os.path.basename(GUEST_TOOL)
+        tool.write_text(
+            "#!/bin/sh\n"
+            f"PYTHONPATH={shlex.quote(f'{CHECKOUT}:{SITE_PACKAGES}')} "
+            'exec /usr/bin/python3.11 -m kheaders_pkg "$@"\n'
+        )
+        tool.chmod(0o755)
+        hooks = self.exchange / os.path.basename(GUEST_HOOKS)
+        hooks.mkdir(exist_ok=True)
+        for hook in render_hooks(HookSystem.DEBIAN, GUEST_TOOL, CHECKOUT):
+            name = os.path.basename(hook.dest)
+            if name in UNIT_FILES:
+                (hooks / name).write_bytes(hook.content)
+                (hooks / name).chmod(hook.mode)
 
     def host_path(self, guest_path: str) -> Path:
         """The state file behind an absolute guest path under one of the WRITABLE paths."""
@@ -221,7 +264,7 @@ def boot(
     kernel: GuestKernel,
     initramfs: Path,
     state: GuestState,
-    scenario: str,
+    scenario: str | Sequence[str],
     env: Mapping[str, str] | None = None,
     *,
     timeout: float = TIMEOUT,
@@ -230,13 +273,26 @@ def boot(
 ) -> BootResult:
     """Boot `kernel`, run `scenarios/<scenario>.sh` in the guest, return what it reported.
 
+    Several scenarios run one after the other, in the same shell, in one boot.
+
     Raises VMError if the guest does not finish within `timeout` seconds or stops before the
     scenario has run to its end; the message carries the tail of the serial log.
     """
     exchange = state.exchange
     shutil.copyfile(GUEST_DIR / "lib.sh", exchange / "lib.sh")
-    shutil.copyfile(SCENARIOS / f"{scenario}.sh", exchange / "scenario.sh")
-    settings = {"KH_CHECKOUT": str(CHECKOUT), "KH_SITE_PACKAGES": str(SITE_PACKAGES), **(env or {})}
+    names = [scenario] if isinstance(scenario, str) else list(scenario)
+    scenario = "+".join(names)
+    (exchange / "scenario.sh").write_text(
+        "".join((SCENARIOS / f"{n}.sh").read_text() + "\n" for n in names)
+    )
+    settings = {
+        "KH_CHECKOUT": str(CHECKOUT),
+        "KH_SITE_PACKAGES": str(SITE_PACKAGES),
+        "KH_TOOL": GUEST_TOOL,
+        "KH_HOOKS": GUEST_HOOKS,
+        "KH_CONDITION": CONDITION,
+        **(env or {}),
+    }
     (exchange / "env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items()))
     serial = exchange.parent / f"serial-{len(state.boots)}-{kernel.name}-{scenario}.log"
     command = qemu_command(kernel, initramfs, state, serial, memory, cpus)

@@ -13,12 +13,9 @@ put() { printf '@@KH %s=%s\n' "$1" "$2"; }
 # put64 NAME: a result read from stdin, any bytes, base64-encoded on one line.
 put64() { printf '@@KH64 %s=%s\n' "$1" "$(base64 -w0)"; }
 
-# kheaders-pkg ARGS: the tool from the host's checkout, on the host's real interpreter.
-kheaders_pkg() {
-	PYTHONPATH="$KH_CHECKOUT:$KH_SITE_PACKAGES" /usr/bin/python3.11 -c \
-		'import sys; from kheaders_pkg.cli import main; sys.argv[0] = "kheaders-pkg"; sys.exit(main())' \
-		"$@"
-}
+# kheaders-pkg ARGS: the tool from the host's checkout, by its real entry point (python -m
+# kheaders_pkg: kheaders_pkg.entry, with the fast path of `check`), on the host's interpreter.
+kheaders_pkg() { "$KH_TOOL" "$@"; }
 
 # record NAME CMD...: run CMD, report NAME.rc, NAME.out (stdout) and NAME.err (stderr).
 record() {
@@ -54,4 +51,34 @@ put_tree() {
 	put "$1version_code" "$(grep -h 'define LINUX_VERSION_CODE' \
 		"$BUILD/include/generated/uapi/linux/version.h")"
 	put "$1variant" "$(grep -h 'define KH_CORPUS_VARIANT' "$BUILD/include/linux/kernel.h")"
+}
+
+# --- the boot path: initramfs hook and systemd unit (scenario D) ---------------------------------
+VERDICT=/run/kheaders-pkg/initramfs-verdict
+
+# put_verdict NAME: the verdict file the initramfs hook wrote (NAME.verdict, NAME.reason).
+put_verdict() {
+	put "$1.verdict" "$(sed -n 's/^verdict=//p' "$VERDICT" 2>/dev/null)"
+	sed -n 's/^reason=//p' "$VERDICT" 2>/dev/null | put64 "$1.reason"
+}
+
+# hook_verdict NAME: run the initramfs hook's verdict again now, with NEWROOT at this root.
+hook_verdict() {
+	(. "$KH_CHECKOUT/hooks/lib/kheaders-pkg-verdict.sh" && kheaders_pkg_verdict /)
+	put_verdict "$1"
+}
+
+# unit NAME KEY: run the rendered kheaders-pkg.service's KEY= command line (ExecCondition=,
+# ExecStart=) as systemd would: split on blanks, no shell. The condition helper is run from the
+# rendered copy, since nothing is installed at its path ($KH_CONDITION) in this root.
+unit() {
+	name=$1
+	line=$(sed -n "s/^$2=//p" "$KH_HOOKS/kheaders-pkg.service")
+	put "$name.line" "$line"
+	set -f
+	# shellcheck disable=SC2086 # word splitting is what systemd does to the line
+	set -- $line
+	set +f
+	[ "$1" = "$KH_CONDITION" ] && { shift; set -- "$KH_HOOKS/${KH_CONDITION##*/}" "$@"; }
+	record "$name" "$@"
 }

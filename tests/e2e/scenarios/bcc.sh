@@ -1,11 +1,11 @@
-# Consumers: bcc compiles a kprobe program against the synced tree, attaches it, sees it fire.
-# Then, with the tree moved away and kheaders.ko unloaded (so bcc cannot extract the archive
-# itself, and the guest's /lib/modules has no kheaders.ko to modprobe), the same program fails.
+# Consumers: bcc compiles a kprobe program against the tree a sync made earlier in this boot,
+# attaches it, sees it fire. Then, with the tree moved away and kheaders.ko unloaded (so bcc
+# cannot extract the archive itself, and the guest's /lib/modules has no kheaders.ko to
+# modprobe), the same program fails.
 put kprobes "$(zcat /proc/config.gz 2>/dev/null | grep -c '^CONFIG_KPROBES=y')"
 [ -w /sys/kernel/tracing/kprobe_events ] && put tracefs 1
 probe=$KH_CHECKOUT/tests/e2e/guest/bcc_probe.py
-record sync kheaders_pkg sync
-put_tree
+put bcc_tree "$(readlink -f "$BUILD")"
 t0=$(date +%s)
 record bcc_with_tree /usr/bin/python3.11 "$probe"
 put bcc_seconds $(($(date +%s) - t0))
