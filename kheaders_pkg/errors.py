@@ -71,6 +71,10 @@ class UnsafePathError(FilesystemError):
     """A path would leave the root, follows a symlink it must not, or is owned by someone else."""
 
 
+class ManifestError(FilesystemError):
+    """Our manifest at the top of a generated tree is malformed: the tree cannot be trusted."""
+
+
 class BusyError(KheadersError):
     exit_code = ExitCode.BUSY
 

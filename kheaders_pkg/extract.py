@@ -30,12 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Literal
 
-from kheaders_pkg.errors import ArchiveError, FilesystemError
-
-# Written at the top of every generated tree by the caller; no member may take these names.
-# TODO(layout.py): these two names belong with the other paths once layout.py exists.
-MANIFEST_NAME = ".kheaders-pkg.manifest"
-STAMP_NAME = ".kheaders-pkg.json"
+from kheaders_pkg.errors import ArchiveError, FilesystemError, ManifestError
+from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME  # no member may take these names
 
 NAME_MAX = 255  # bytes in one path component (Linux NAME_MAX)
 PATH_MAX = 4095  # bytes in a path, without the NUL (Linux PATH_MAX - 1)
@@ -73,13 +69,6 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _SIZE_TEXT = re.compile(r"0|[1-9][0-9]{0,19}")
 _PAX_MTIME = re.compile(rb"(-?)([0-9]{1,19})(?:\.([0-9]{1,30}))?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class ManifestError(FilesystemError):
-    """A manifest (ours, at the top of a generated tree) is malformed: the tree cannot be trusted.
-
-    TODO(errors.py): belongs in the hierarchy there; exit code 8 (the previous tree is kept).
-    """
 
 
 @dataclass(frozen=True)
@@ -1299,13 +1288,14 @@ def extract_archive(
     *,
     limits: Limits = DEFAULT_LIMITS,
     previous: Path | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ExtractResult:
     """Extract the headers archive `src` into the empty directory `dest`.
 
     Raises ArchiveError for anything wrong with the archive and FilesystemError for a write that
     failed; either way the caller removes `dest`, and nothing outside it was touched. With
     `previous` (an earlier tree of ours, with its manifest), unchanged files are hard-linked from
-    it instead of written.
+    it instead of written. `progress`, if given, is called with the tar bytes consumed so far.
     """
     try:
         root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -1316,7 +1306,7 @@ def extract_archive(
             raise FilesystemError(f"staging directory {dest} is not empty")
         reuse = _Reuse.open(previous) if previous is not None else None
         try:
-            return _extract(src, root_fd, limits, reuse)
+            return _extract(src, root_fd, limits, reuse, progress)
         finally:
             if reuse is not None:
                 reuse.close()
@@ -1325,7 +1315,11 @@ def extract_archive(
 
 
 def _extract(
-    src: BinaryIO | Path, root_fd: int, limits: Limits, reuse: _Reuse | None
+    src: BinaryIO | Path,
+    root_fd: int,
+    limits: Limits,
+    reuse: _Reuse | None,
+    progress: Callable[[int], None] | None = None,
 ) -> ExtractResult:
     if isinstance(src, Path):
         try:
@@ -1333,12 +1327,16 @@ def _extract(
         except OSError as err:
             raise ArchiveError(f"cannot read archive {src}: {err.strerror}") from None
         with opened:
-            return _extract_stream(opened, root_fd, limits, reuse)
-    return _extract_stream(src, root_fd, limits, reuse)
+            return _extract_stream(opened, root_fd, limits, reuse, progress)
+    return _extract_stream(src, root_fd, limits, reuse, progress)
 
 
 def _extract_stream(
-    stream: BinaryIO, root_fd: int, limits: Limits, reuse: _Reuse | None
+    stream: BinaryIO,
+    root_fd: int,
+    limits: Limits,
+    reuse: _Reuse | None,
+    progress: Callable[[int], None] | None = None,
 ) -> ExtractResult:
     read = _safe_reader(stream)
     blocks = _xz_block_count(stream)
@@ -1347,7 +1345,8 @@ def _extract_stream(
         with _Decompressed(read, blocks, limits) as decompressed:
             # run() returns only after reading the decoder's output to its end, so the xz
             # stream's index and check were verified and nothing follows it.
-            state.run(_TarInput(iter(decompressed)))
+            chunks = iter(decompressed)
+            state.run(_TarInput(chunks if progress is None else _reporting(chunks, progress)))
         if not state.members:
             raise ArchiveError("tar archive has no members")
         if not state.has_include:
@@ -1365,6 +1364,14 @@ def _extract_stream(
         directories=state.directories,
         reused=reuse.count if reuse is not None else 0,
     )
+
+
+def _reporting(chunks: Iterator[bytes], progress: Callable[[int], None]) -> Iterator[bytes]:
+    done = 0
+    for chunk in chunks:
+        done += len(chunk)
+        progress(done)
+        yield chunk
 
 
 def _safe_reader(stream: BinaryIO) -> Callable[[int], bytes]:

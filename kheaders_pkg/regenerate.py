@@ -11,8 +11,9 @@ import hashlib
 import io
 import logging
 import os
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,29 @@ def open_archive(layout: Layout, archive: ArchiveRef) -> Iterator[BinaryIO]:
         yield f
 
 
+@contextmanager
+def progress_bar(release: str) -> Iterator[Callable[[int], None] | None]:
+    """Extraction progress on stderr, only when stderr is a terminal (never in the journal)."""
+    if not sys.stderr.isatty() or not log.isEnabledFor(logging.WARNING):  # -q: errors only
+        yield None
+        return
+    last = -1
+
+    def show(done: int) -> None:
+        nonlocal last
+        mib = done >> 20
+        if mib != last:
+            last = mib
+            sys.stderr.write(f"\rkheaders-pkg: extracting headers for {release}: {mib} MiB")
+            sys.stderr.flush()
+
+    try:
+        yield show
+    finally:
+        if last >= 0:
+            sys.stderr.write("\n")
+
+
 def _entry(path: str, data: bytes) -> Entry:
     return Entry(
         path=path, kind="f", size=len(data), sha256=hashlib.sha256(data).hexdigest(), target=None
@@ -103,9 +127,13 @@ def build_generation(
     check_links_writable(layout, release)
     staging = new_staging(layout, release)
     try:
-        with open_archive(layout, archive) as stream:
-            result: ExtractResult = extract_archive(stream, staging, previous=previous)
+        with open_archive(layout, archive) as stream, progress_bar(release) as progress:
+            result: ExtractResult = extract_archive(
+                stream, staging, previous=previous, progress=progress
+            )
         crash_point("after-extract")
+        if result.reused:
+            log.info("%d unchanged files shared with the previous generation", result.reused)
         warnings: list[str] = []
         autoconf = staging / "include/generated/autoconf.h"
         if facts.config is not None and autoconf.is_file():

@@ -11,10 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 from benchmarks.harness import Result, Spread
 from benchmarks.main import table
+from tests.conftest import REPO
 
 
 @pytest.mark.slow

@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from conftest import KERNELS_WITH_ARCHIVE, CorpusKernel, corpus_kernel
 
 from kheaders_pkg.config import Config, PackageFormat
 from kheaders_pkg.distro import (
@@ -39,6 +38,7 @@ from kheaders_pkg.distro.queue import pending, queue_file
 from kheaders_pkg.errors import ExitCode, PackagingError, QueuedError
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
 from kheaders_pkg.stamp import ArchiveSource, ConfigSource, Stamp, read_stamp
+from tests.conftest import KERNELS_WITH_ARCHIVE, CorpusKernel, corpus_kernel
 
 pytestmark = pytest.mark.integration
 

@@ -8,12 +8,12 @@ import mmap
 import struct
 
 import pytest
-from conftest import corpus_kernel
 
 from kheaders_pkg.errors import ELFError, NotesError
 from kheaders_pkg.kernel.elf import ELFClass, ELFData, ELFFile, ELFType, SectionType, SymbolBinding
 from kheaders_pkg.kernel.image import vmlinux_of_bzimage
 from kheaders_pkg.kernel.notes import Note, find_build_id
+from tests.conftest import corpus_kernel
 
 MODULE_KERNELS = ("debian-6.1.0-56-amd64", "debian-6.12.107+deb13-amd64", "kh-6.1.192-kh-a-mod")
 

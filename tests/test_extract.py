@@ -14,19 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import KERNELS_WITH_ARCHIVE, CorpusKernel, corpus_kernel
 
-from kheaders_pkg.errors import ArchiveError, ExitCode, FilesystemError
+from kheaders_pkg.errors import ArchiveError, ExitCode, FilesystemError, ManifestError
 from kheaders_pkg.extract import (
-    MANIFEST_NAME,
     Entry,
     ExtractResult,
-    ManifestError,
     extract_archive,
     parse_manifest,
     render_manifest,
     verify_tree,
 )
+from kheaders_pkg.layout import MANIFEST_NAME
+from tests.conftest import KERNELS_WITH_ARCHIVE, CorpusKernel, corpus_kernel
 
 # The one header that differs between the two builds of 6.1.192-kh (corpus README).
 CHANGED_HEADER = "include/linux/kernel.h"
@@ -458,3 +457,17 @@ def test_kernel_archive_of_a_copy_extracts_the_same(tmp_path: Path) -> None:
     shutil.copyfile(kernel.archive, copy)
     result = extract_archive(copy, _fresh_dir(tmp_path / "dest"))
     assert result.archive_sha256 == kernel.expected["kheaders_tar_xz_sha256"]
+
+
+def test_progress_reports_every_tar_byte_in_order(tmp_path: Path) -> None:
+    from tests.conftest import corpus_kernel
+
+    k = corpus_kernel("kh-6.1.192-kh-a")
+    seen: list[int] = []
+    dest = tmp_path / "dest"
+    dest.mkdir(mode=0o700)
+    result = extract_archive(k.archive, dest, progress=seen.append)
+    assert seen == sorted(seen) and len(seen) > 10
+    # The tar stream holds every file's bytes plus headers and padding.
+    assert seen[-1] > result.total_bytes
+    assert seen[-1] % 512 == 0

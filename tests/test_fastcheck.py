@@ -18,12 +18,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pytest
-from conftest import REPO, copy_sysroot, corpus_kernel
 
 from kheaders_pkg import fastcheck, layout, stamp
 from kheaders_pkg.cli import main as cli_main
 from kheaders_pkg.errors import ExitCode
 from kheaders_pkg.fastcheck import fast_check
+from tests.conftest import REPO, copy_sysroot, corpus_kernel
 
 KH_A = corpus_kernel("kh-6.1.192-kh-a")
 KH_B = corpus_kernel("kh-6.1.192-kh-b")

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import corpus_kernel
 
 from kheaders_pkg.errors import ArchiveError, ExitCode
 from kheaders_pkg.extract import DEFAULT_LIMITS, Limits, extract_archive
+from tests.conftest import corpus_kernel
 
 Member = tuple[tarfile.TarInfo, bytes | None]
 MTIME = 1_700_000_000

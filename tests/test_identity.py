@@ -6,12 +6,12 @@ import gzip
 from pathlib import Path
 
 import pytest
-from conftest import CorpusKernel, copy_sysroot, corpus_kernel
 
 from kheaders_pkg.errors import KernelDataError, UnsupportedError
 from kheaders_pkg.kernel.identity import live_facts, require_archive, sha256_file
 from kheaders_pkg.layout import Layout
 from kheaders_pkg.stamp import ArchiveSource, ConfigSource
+from tests.conftest import CorpusKernel, copy_sysroot, corpus_kernel
 
 
 def test_live_identity_equals_expected(kernel: CorpusKernel) -> None:

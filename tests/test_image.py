@@ -10,7 +10,6 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import CorpusKernel, corpus_kernel
 
 from kheaders_pkg.errors import ImageError, KernelDataError
 from kheaders_pkg.kernel.decompress import decompress
@@ -20,6 +19,7 @@ from kheaders_pkg.kernel.image import (
     payload_of_bzimage,
     vmlinux_of_bzimage,
 )
+from tests.conftest import CorpusKernel, corpus_kernel
 
 # The self-built kh-* kernels use the x86 default, xz; expected.json names the Debian ones.
 KH_COMPRESSION = "xz"

@@ -7,7 +7,6 @@ import lzma
 import tarfile
 
 import pytest
-from conftest import CorpusKernel, corpus_kernel
 
 from kheaders_pkg.errors import KernelDataError
 from kheaders_pkg.kernel.kconfig import (
@@ -18,6 +17,7 @@ from kheaders_pkg.kernel.kconfig import (
     parse_config,
     render_auto_conf,
 )
+from tests.conftest import CorpusKernel, corpus_kernel
 
 
 def _config(k: CorpusKernel) -> bytes:

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import corpus_kernel
 
 from kheaders_pkg.errors import ELFError, KernelDataError
 from kheaders_pkg.kernel.kmod import (
@@ -24,6 +23,7 @@ from kheaders_pkg.kernel.kmod import (
     read_module,
     strip_signature,
 )
+from tests.conftest import corpus_kernel
 
 DEBIAN = ("debian-6.1.0-56-amd64", "debian-6.12.107+deb13-amd64")
 WITH_KHEADERS_KO = (*DEBIAN, "kh-6.1.192-kh-a-mod")

@@ -7,10 +7,10 @@ import struct
 from typing import Literal
 
 import pytest
-from conftest import CorpusKernel, corpus_kernel
 
 from kheaders_pkg.errors import NotesError
 from kheaders_pkg.kernel.notes import Note, find_build_id, parse_notes, read_build_id
+from tests.conftest import CorpusKernel, corpus_kernel
 
 
 def sysfs_notes(kernel: CorpusKernel) -> bytes:

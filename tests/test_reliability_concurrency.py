@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import corpus_kernel
-from reliability_util import (
+
+from tests.conftest import corpus_kernel
+from tests.reliability_util import (
     generation_dirs,
     leftovers,
     link_target,

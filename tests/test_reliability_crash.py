@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import corpus_kernel
-from reliability_util import (
+
+from tests.conftest import corpus_kernel
+from tests.reliability_util import (
     generation_dirs,
     leftovers,
     link_target,

@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import corpus_kernel
-from reliability_util import (
+
+from tests.conftest import corpus_kernel
+from tests.reliability_util import (
     assert_clean_error,
     bind_ro,
     generation_dirs,

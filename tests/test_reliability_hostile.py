@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import corpus_kernel
-from reliability_util import (
+
+from tests.conftest import corpus_kernel
+from tests.reliability_util import (
     assert_clean_error,
     generation_dirs,
     leftovers,

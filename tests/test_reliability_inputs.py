@@ -10,8 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import copy_sysroot, corpus_kernel
-from reliability_util import (
+
+from tests.conftest import copy_sysroot, corpus_kernel
+from tests.reliability_util import (
     assert_clean_error,
     generation_dirs,
     leftovers,

@@ -13,10 +13,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import CorpusKernel, copy_sysroot, corpus_kernel
 
 from kheaders_pkg.errors import ExitCode
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME
+from tests.conftest import CorpusKernel, copy_sysroot, corpus_kernel
 
 KH_A, KH_B, KH_MOD = "kh-6.1.192-kh-a", "kh-6.1.192-kh-b", "kh-6.1.192-kh-a-mod"
 ADDED = {".config", "include/config/auto.conf", "include/config/kernel.release", "vmlinux.id"}
@@ -85,7 +85,9 @@ def test_sync_on_empty_root_gives_the_archive_byte_for_byte_plus_added_files(
     exp = k.expected
     assert files["vmlinux.id"] == exp["build_id"].encode() + b"\n"
     assert files["include/config/kernel.release"] == k.release.encode() + b"\n"
-    assert hashlib.sha256(files[".config"]).hexdigest() == exp["config_sha256"]
+    config = files[".config"]
+    assert isinstance(config, bytes)
+    assert hashlib.sha256(config).hexdigest() == exp["config_sha256"]
     stamp = json.loads(files[STAMP_NAME])
     assert stamp["build_id"] == exp["build_id"]
     assert stamp["archive_sha256"] == exp["kheaders_tar_xz_sha256"]
@@ -117,7 +119,8 @@ def test_stale_tree_with_same_release_is_regenerated_changing_exactly_one_header
     new_files = tree_files(new)
     changed = {n for n in set(old_files) | set(new_files) if old_files.get(n) != new_files.get(n)}
     assert changed == {"include/linux/kernel.h", "vmlinux.id", STAMP_NAME, MANIFEST_NAME}
-    assert b"KH_CORPUS_VARIANT 2" in new_files["include/linux/kernel.h"]  # type: ignore[operator]
+    kernel_h = new_files["include/linux/kernel.h"]
+    assert isinstance(kernel_h, bytes) and b"KH_CORPUS_VARIANT 2" in kernel_h
     # Unchanged headers are shared with the previous generation, not copied.
     assert (new / "include/linux/sched.h").stat().st_ino == (
         old / "include/linux/sched.h"
@@ -230,7 +233,7 @@ def test_kernel_without_ikheaders_is_unsupported_with_a_plain_reason(tmp_path: P
 
 @pytest.mark.integration
 def test_sync_never_modifies_a_debian_tree(tmp_path: Path) -> None:
-    from conftest import unpack_debian_headers
+    from tests.conftest import unpack_debian_headers
 
     k = corpus_kernel("debian-6.1.0-56-amd64")
     root = tmp_path / "root"

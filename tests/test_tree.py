@@ -7,12 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import copy_sysroot, corpus_kernel, unpack_debian_headers
 
 from kheaders_pkg.kernel.identity import live_facts
 from kheaders_pkg.layout import Layout, LinkName, resolve_inside
 from kheaders_pkg.tree import TreeKind, read_link, tree_state
 from kheaders_pkg.verdict import VerdictKind, decide
+from tests.conftest import copy_sysroot, corpus_kernel, unpack_debian_headers
 
 DEBIAN = ["debian-6.1.0-56-amd64", "debian-6.12.107+deb13-amd64"]
 

@@ -90,6 +90,7 @@ def autoconf_disagreements(config: bytes, autoconf_h: bytes) -> list[str]:
     have: dict[str, str] = {}
     for m in re.finditer(rb"^#define (CONFIG_[A-Za-z0-9_]+) (.*)$", autoconf_h, re.MULTILINE):
         have[m.group(1).decode()] = m.group(2).decode("utf-8", "replace")
+
     def same(key: str) -> bool:
         w, h = want.get(key), have.get(key)
         # kconfig writes hex symbols to autoconf.h with a 0x prefix even where .config has none.

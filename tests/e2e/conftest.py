@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import CorpusKernel, corpus_kernel
+
+from tests.conftest import CorpusKernel, corpus_kernel
 
 from . import vm
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KERNELS, KERNELS_WITH_ARCHIVE, copy_sysroot
+
+from tests.conftest import KERNELS, KERNELS_WITH_ARCHIVE, copy_sysroot
 
 from . import vm
 from .conftest import TOOL_LOADS_KHEADERS, Guest, GuestFactory
@@ -330,7 +331,7 @@ def test_same_release_rebuilt_kernel_makes_tree_stale_and_sync_replaces_it(
 
     boot = chains.get(KH_B, STALE)  # kh-b booted on that root
     second = boot.result
-    assert second["old_variant"] == "#define KH_CORPUS_VARIANT 0"  # kh-a's tree, before
+    assert second["old_target"] == first["build_target"]  # kh-a's tree, before the sync
     assert second.rc("check_before") == NEEDS_SYNC, tool_said(second, "check_before")
     before = status_of(second, "status_before")
     assert before["verdict"] != "fresh", before
@@ -392,10 +393,14 @@ def plant_other_build_tree(state: vm.GuestState, other: Guest, release: str, wor
 
     tree = state.resolve(f"/lib/modules/{release}/build")
     stamp_path = tree / ".kheaders-pkg.json"
-    stamp = json.loads(stamp_path.read_text())
-    assert stamp["build_id"] == other.corpus.expected["build_id"]
-    stamp["release"] = release
-    stamp_path.write_text(json.dumps(stamp))
+    text = stamp_path.read_text()
+    assert json.loads(text)["build_id"] == other.corpus.expected["build_id"]
+    # Only the release changes; the file keeps the tool's own layout (one key per line), which
+    # the initramfs hook's reader relies on.
+    field = f'"release": "{other.release}"'
+    assert text.count(field) == 1, text
+    stamp_path.write_text(text.replace(field, f'"release": "{release}"'))
+    assert json.loads(stamp_path.read_text())["release"] == release
     return tree
 
 
