@@ -36,6 +36,7 @@ from kheaders_pkg.distro import (
 from kheaders_pkg.distro.identity import deb_package_name, rpm_package_name
 from kheaders_pkg.distro.queue import pending, queue_file
 from kheaders_pkg.errors import ExitCode, PackagingError, QueuedError
+from kheaders_pkg.extract import Entry, render_manifest
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
 from kheaders_pkg.stamp import ArchiveSource, ConfigSource, Stamp, read_stamp
 from tests.conftest import KERNELS_WITH_ARCHIVE, CorpusKernel, corpus_kernel
@@ -66,19 +67,21 @@ class GeneratedTree:
 
 def write_manifest_and_stamp(tree: Path, stamp: Stamp) -> None:
     """What the core writes: the manifest of every file, then the stamp naming its digest."""
-    lines = []
-    for path in sorted(p for p in tree.rglob("*") if p.name not in (STAMP_NAME, MANIFEST_NAME)):
+    entries = []
+    for path in tree.rglob("*"):
+        if path.name in (STAMP_NAME, MANIFEST_NAME):
+            continue
         rel = path.relative_to(tree).as_posix()
         if path.is_symlink():
-            lines.append(f"l\t{os.readlink(path)}\t-\t{rel}\n")
+            entries.append(Entry(rel, "l", 0, None, os.readlink(path)))
         elif path.is_file():
             data = path.read_bytes()
-            lines.append(f"f\t{hashlib.sha256(data).hexdigest()}\t{len(data)}\t{rel}\n")
-    manifest = "".join(lines)
+            entries.append(Entry(rel, "f", len(data), hashlib.sha256(data).hexdigest(), None))
+    manifest = render_manifest(entries)
     (tree / MANIFEST_NAME).write_text(manifest)
     stamp = replace(
         stamp,
-        file_count=len(lines),
+        file_count=len(entries),
         manifest_sha256=hashlib.sha256(manifest.encode()).hexdigest(),
     )
     (tree / STAMP_NAME).write_text(stamp.to_json())

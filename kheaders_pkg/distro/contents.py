@@ -11,7 +11,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from kheaders_pkg.errors import PackagingError
+from kheaders_pkg.errors import KheadersError, PackagingError
+from kheaders_pkg.extract import parse_manifest
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME
 
 _CHUNK = 1 << 20
@@ -29,22 +30,18 @@ class TreeFile:
 
 
 def _manifest_entries(tree: Path) -> dict[str, tuple[str, str]]:
-    """path -> (kind, sha256-or-link-target), from `.kheaders-pkg.manifest`."""
+    """path -> (kind, sha256-or-link-target), from `.kheaders-pkg.manifest` (extract's format)."""
     try:
-        text = (tree / MANIFEST_NAME).read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise PackagingError(f"{tree / MANIFEST_NAME}: cannot read manifest ({e})") from None
-    entries: dict[str, tuple[str, str]] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        fields = line.split("\t")
-        if len(fields) != 4 or fields[0] not in ("f", "l"):
-            raise PackagingError(f"{tree / MANIFEST_NAME}:{number}: malformed line")
-        kind, value, _size, path = fields
-        pure = PurePosixPath(path)
-        if pure.is_absolute() or ".." in pure.parts or path in (STAMP_NAME, MANIFEST_NAME):
-            raise PackagingError(f"{tree / MANIFEST_NAME}:{number}: bad path {path!r}")
-        entries[str(pure)] = (kind, value)
-    return entries
+        entries = parse_manifest((tree / MANIFEST_NAME).read_text())
+    except (OSError, UnicodeDecodeError, KheadersError) as err:
+        raise PackagingError(f"{tree / MANIFEST_NAME}: unusable manifest ({err})") from None
+    out: dict[str, tuple[str, str]] = {}
+    for entry in entries:
+        value = entry.sha256 if entry.kind == "f" else entry.target
+        if value is None:  # parse_manifest refuses such lines; keep the types honest
+            raise PackagingError(f"{tree / MANIFEST_NAME}: {entry.path}: no hash or target")
+        out[entry.path] = (entry.kind, value)
+    return out
 
 
 def _digests(path: Path) -> tuple[str, str]:
