@@ -25,6 +25,9 @@ def _shell_files(root: Path) -> list[Path]:
 
 def _repo_shell_files() -> list[Path]:
     files = _shell_files(REPO / "hooks")
+    # The README's commands and CI's entry point are shell too.
+    files += _shell_files(REPO / "scripts") + _shell_files(REPO / ".ci")
+    files += _shell_files(REPO / "tests" / "e2e" / "guest")
     files += [
         REPO / "debian" / name
         for name in ("kheaders-pkg.postinst", "kheaders-pkg.prerm", "kheaders-pkg.postrm")
@@ -56,6 +59,9 @@ def test_repo_has_the_shell_files_we_expect() -> None:
         "hooks/initramfs-tools/hooks/kheaders-pkg",
         "hooks/initramfs-tools/scripts/init-bottom/kheaders-pkg",
         "debian/kheaders-pkg.postinst",
+        "scripts/setup",
+        "scripts/demo",
+        ".ci/run",
     } <= names
 
 

@@ -27,6 +27,7 @@ mkdir -p /host /state /newroot /rw
 p9 host /host ro,cache=loose || die "mount 9p host"
 p9 state /state rw || die "mount 9p state"
 set -a
+# shellcheck source=/dev/null # written by the harness for each boot
 . /state/e2e/env || die "no /state/e2e/env"
 set +a
 
