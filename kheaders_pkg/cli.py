@@ -188,7 +188,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from kheaders_pkg.sync import judge
 
     layout, _ = _layout_and_config(args)
-    j = judge(layout, args.kernel, digest=True)
+    j = judge(layout, args.kernel, thorough=True)
     obj = _status_object(j)
     if args.json:
         print(json.dumps(obj, indent=1, default=str))

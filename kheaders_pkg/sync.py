@@ -99,17 +99,22 @@ def judge(
     release: str | None = None,
     archive_file: Path | None = None,
     *,
-    digest: bool = False,
+    thorough: bool = False,
 ) -> Judgement:
-    """Identity + tree state + verdict. `digest` reads the archive when it is directly readable."""
+    """Identity + tree state + verdict.
+
+    `thorough` (status, sync) also reads the archive's digest where it is directly readable and
+    asks the package databases who owns a foreign tree; the boot-time `check` does neither (no
+    archive read, no rpm bindings or jinja2 imported).
+    """
     facts = kernel_facts(layout, release, archive_file)
     tree = tree_state(layout, facts.identity.release)
     if tree.needs_btf and facts.identity.running:
         facts = kernel_facts(layout, release, archive_file, want_btf=True)
-    if tree.kind is TreeKind.FOREIGN:
+    if thorough and tree.kind is TreeKind.FOREIGN:
         tree = replace(tree, owner=_owner(layout, tree))
     ident = facts.identity
-    if digest and ident.archive is not None and ident.archive.path.exists():
+    if thorough and ident.archive is not None and ident.archive.path.exists():
         arch = ident.archive
         if arch.source is not ArchiveSource.MODULE:
             arch = replace(arch, sha256=sha256_file(arch.path))
@@ -151,7 +156,7 @@ def sync(
     archive_file: Path | None = None,
 ) -> SyncResult:
     if dry_run:
-        j = judge(layout, release, archive_file, digest=True)
+        j = judge(layout, release, archive_file, thorough=True)
         act = "would-regenerate" if (j.verdict.needs_sync or force) else "nothing"
         if j.verdict.kind is VerdictKind.FOREIGN_STALE and config.foreign is ForeignPolicy.DIVERT:
             act = "would-divert"
@@ -160,7 +165,7 @@ def sync(
         clean_leftovers(layout)
         _drain_registrations(layout)
         # Judge under the lock: a run that waited finds the tree another run just made.
-        j = judge(layout, release, archive_file, digest=True)
+        j = judge(layout, release, archive_file, thorough=True)
         v = j.verdict
         if v.kind is VerdictKind.UNSUPPORTED:
             raise UnsupportedError(v.reason)

@@ -147,3 +147,47 @@ def test_fedora_style_vmlinux_id_decides(tmp_path: Path) -> None:
     kfs = copy_sysroot(corpus_kernel("kh-6.1.192-kh-b"), tmp_path / "kfs")
     assert _judge(root, kfs)[1] is VerdictKind.FOREIGN_STALE
     shutil.rmtree(kfs)
+
+
+@pytest.mark.integration
+def test_check_on_a_distro_tree_imports_neither_rpm_nor_jinja2(tmp_path: Path) -> None:
+    """The boot-time check stays cheap even on the slow path: no package databases asked."""
+    import subprocess
+    import sys
+
+    k = corpus_kernel(DEBIAN[0])
+    root = tmp_path / "root"
+    unpack_debian_headers(k, root)
+    code = (
+        "import sys; from kheaders_pkg.cli import main; "
+        f"rc = main(['--root', {str(root)!r}, '--kernel-fs', {str(k.sysroot)!r}, '-q', 'check']); "
+        "print(rc, sorted(m for m in ('rpm', 'jinja2', 'kheaders_pkg.distro') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split(None, 1) == ["0", "[]\n"], out.stdout + out.stderr
+
+
+@pytest.mark.integration
+def test_status_names_the_package_that_owns_a_distro_tree(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    k = corpus_kernel(DEBIAN[0])
+    root = tmp_path / "root"
+    unpack_debian_headers(k, root)
+    argv = [
+        sys.executable,
+        "-m",
+        "kheaders_pkg",
+        "--root",
+        str(root),
+        "--kernel-fs",
+        str(k.sysroot),
+    ]
+    out = subprocess.run([*argv, "status", "--json"], capture_output=True, text=True, check=True)
+    status = json.loads(out.stdout)
+    assert status["verdict"] == "foreign-fresh"
+    assert status["tree"]["owner"].startswith(f"linux-headers-{k.release} ")
+    assert f"owned by linux-headers-{k.release}" in status["reason"]
