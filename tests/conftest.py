@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,3 +132,20 @@ def unpack_debian_headers(kernel: CorpusKernel, root: Path) -> list[Path]:
         env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
     )
     return debs
+
+
+def hold_lock(path: Path) -> subprocess.Popen[str]:
+    """Another process holding an fcntl write lock on `path`, as dpkg and rpm do; the lock goes
+    when the test closes the child's stdin (or the child is killed)."""
+    code = (
+        "import fcntl, sys\n"
+        f"f = open({str(path)!r}, 'a+')\n"
+        "fcntl.lockf(f, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None and child.stdout.readline() == "held\n"
+    return child

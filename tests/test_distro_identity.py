@@ -4,8 +4,6 @@ pure or nearly so, no package tool run (the rpm and debian-inspector libraries a
 from __future__ import annotations
 
 import fcntl
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from kheaders_pkg.distro.identity import deb_package_name, package_version, rpm_
 from kheaders_pkg.distro.queue import Action, Request, enqueue, lock_holder, pending, queue_file
 from kheaders_pkg.errors import PackagingError
 from kheaders_pkg.layout import Layout
+from tests.conftest import hold_lock as _hold_lock
 
 # (older generation, its build id, newer generation, its build id): newer must sort higher.
 SUCCESSIVE = [
@@ -94,22 +93,6 @@ def test_package_name_carries_the_release_in_each_format(
 )
 def test_is_ours_recognises_only_generated_packages(name: str, ours: bool) -> None:
     assert is_ours(name) is ours
-
-
-def _hold_lock(path: Path) -> subprocess.Popen[str]:
-    """Another process holding an fcntl write lock on `path`, as dpkg and rpm do."""
-    code = (
-        "import fcntl, sys\n"
-        f"f = open({str(path)!r}, 'r+')\n"
-        "fcntl.lockf(f, fcntl.LOCK_EX)\n"
-        "print('held', flush=True)\n"
-        "sys.stdin.read()\n"
-    )
-    child = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert child.stdout is not None and child.stdout.readline() == "held\n"
-    return child
 
 
 def test_lock_probe_names_the_holder_without_taking_the_lock(tmp_path: Path) -> None:

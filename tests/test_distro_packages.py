@@ -40,6 +40,7 @@ from kheaders_pkg.extract import Entry, render_manifest
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
 from kheaders_pkg.stamp import ArchiveSource, ConfigSource, Stamp, read_stamp
 from tests.conftest import KERNELS_WITH_ARCHIVE, CorpusKernel, corpus_kernel
+from tests.conftest import hold_lock as _hold_lock
 
 pytestmark = pytest.mark.integration
 
@@ -430,21 +431,6 @@ def test_new_rpm_generation_replaces_the_record_and_keeps_the_old_files(
 
 
 # --- the registration queue ---------------------------------------------------------------
-
-
-def _hold_lock(path: Path) -> subprocess.Popen[str]:
-    code = (
-        "import fcntl, sys\n"
-        f"f = open({str(path)!r}, 'a+')\n"
-        "fcntl.lockf(f, fcntl.LOCK_EX)\n"
-        "print('held', flush=True)\n"
-        "sys.stdin.read()\n"
-    )
-    child = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert child.stdout is not None and child.stdout.readline() == "held\n"
-    return child
 
 
 @ONE_KERNEL
