@@ -16,11 +16,13 @@ from kheaders_pkg.errors import (
     UnsupportedError,
 )
 from kheaders_pkg.kernel.identity import (
+    ArchiveRef,
     KernelFacts,
     disk_facts,
     live_facts,
     require_archive,
     sha256_file,
+    with_archive,
     with_archive_file,
 )
 from kheaders_pkg.layout import Layout, LinkName
@@ -58,35 +60,20 @@ def kernel_facts(
         if release is not None
         else live_facts(layout, want_btf=want_btf)
     )
+    ident = facts.identity
     if archive_file is not None:
         facts = with_archive_file(facts, archive_file)
-    elif facts.identity.archive is None and facts.identity.running and not _is_live(layout):
+    elif ident.archive is None and ident.running and not _is_live(layout):
         # A copied sysroot of a CONFIG_IKHEADERS=m kernel: nothing to modprobe; take the module
         # installed for that release under --root, if any.
-        from kheaders_pkg.kernel.identity import ArchiveRef
         from kheaders_pkg.kernel.kmod import find_module
 
-        ko = find_module(layout.kernel_module_dir(facts.identity.release), "kheaders")
+        ko = find_module(layout.kernel_module_dir(ident.release), "kheaders")
         if ko is not None:
-            facts = KernelFacts(
-                replace(facts.identity, archive=ArchiveRef(ArchiveSource.MODULE, ko, None)),
-                facts.config,
-            )
-    elif (
-        facts.identity.archive is None
-        and facts.identity.running
-        and facts.identity.ikheaders == "m"
-    ):
+            facts = with_archive(facts, ArchiveRef(ArchiveSource.MODULE, ko, None))
+    elif ident.archive is None and ident.running and ident.ikheaders == "m":
         # Live kernel with kheaders as a module: the archive appears after modprobe (in sync).
-        from kheaders_pkg.kernel.identity import ArchiveRef
-
-        facts = KernelFacts(
-            replace(
-                facts.identity,
-                archive=ArchiveRef(ArchiveSource.SYSFS, layout.kernel.archive, None),
-            ),
-            facts.config,
-        )
+        facts = with_archive(facts, ArchiveRef(ArchiveSource.SYSFS, layout.kernel.archive, None))
     return facts
 
 
@@ -113,12 +100,11 @@ def judge(
         facts = kernel_facts(layout, release, archive_file, want_btf=True)
     if thorough and tree.kind is TreeKind.FOREIGN:
         tree = replace(tree, owner=_owner(layout, tree))
-    ident = facts.identity
-    if thorough and ident.archive is not None and ident.archive.path.exists():
-        arch = ident.archive
-        if arch.source is not ArchiveSource.MODULE:
-            arch = replace(arch, sha256=sha256_file(arch.path))
-            facts = KernelFacts(replace(ident, archive=arch), facts.config)
+    arch = facts.identity.archive
+    # A module's archive is read (decompressed) only when it is extracted.
+    if thorough and arch is not None and arch.source is not ArchiveSource.MODULE:
+        if arch.path.exists():
+            facts = with_archive(facts, replace(arch, sha256=sha256_file(arch.path)))
     return Judgement(facts, tree, decide(facts.identity, tree))
 
 

@@ -258,3 +258,19 @@ def ours_in(directory: Path, names: Sequence[str] = ("kheaders", ".staging-", "g
         return {n for n in os.listdir(directory) if any(k in n for k in names)}
     except FileNotFoundError:
         return set()
+
+
+def plant_foreign_tree(root: Path, release: str, links: dict[str, str]) -> Path:
+    """A distro-looking tree for `release` that does not match any corpus kernel, `build` and
+    `source` pointing at it with exactly the given link texts, and foreign = "divert" configured
+    so that sync has something to divert and restore something to put back."""
+    tree = root / f"usr/src/linux-headers-{release}"
+    (tree / "include/linux").mkdir(parents=True)
+    (tree / ".config").write_text("CONFIG_NOT_THIS_KERNEL=y\n")
+    mdir = root / "lib/modules" / release
+    mdir.mkdir(parents=True)
+    for name, target in links.items():
+        os.symlink(target, mdir / name)
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc/kheaders-pkg.toml").write_text('foreign = "divert"\n')
+    return tree

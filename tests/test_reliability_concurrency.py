@@ -4,7 +4,6 @@ a missing or partial tree."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import threading
@@ -19,6 +18,7 @@ from tests.reliability_util import (
     leftovers,
     link_target,
     mounted_tmpfs,
+    plant_foreign_tree,
     published_trees,
     read_loop,
     run_cli,
@@ -100,21 +100,13 @@ def test_sixteen_syncs_at_once_regenerate_exactly_once(scratch: Path) -> None:
 
 def _foreign_tree(root: Path) -> dict[str, str]:
     """A distro-looking tree for the release that does not match: something to divert."""
-    tree = root / f"usr/src/linux-headers-{RELEASE}"
-    (tree / "include/linux").mkdir(parents=True)
-    (tree / ".config").write_text("CONFIG_NOT_THIS_KERNEL=y\n")
-    (tree / "include/linux/kconfig.h").write_text("/* distro */\n")
-    (tree / "FOREIGN").write_text("marker\n")
-    mdir = root / "lib/modules" / RELEASE
-    mdir.mkdir(parents=True)
     links = {
         "build": f"../../../usr/src/linux-headers-{RELEASE}",
         "source": f"../../../usr/src/linux-headers-{RELEASE}/.",
     }
-    for name, target in links.items():
-        os.symlink(target, mdir / name)
-    (root / "etc").mkdir(exist_ok=True)
-    (root / "etc/kheaders-pkg.toml").write_text('foreign = "divert"\n')
+    tree = plant_foreign_tree(root, RELEASE, links)
+    (tree / "include/linux/kconfig.h").write_text("/* distro */\n")
+    (tree / "FOREIGN").write_text("marker\n")
     return links
 
 

@@ -17,6 +17,7 @@ from tests.reliability_util import (
     generation_dirs,
     leftovers,
     link_target,
+    plant_foreign_tree,
     published_trees,
     run_cli,
     tree_problems,
@@ -165,19 +166,12 @@ def test_second_sync_changes_nothing(synced: Path, tmp_path: Path) -> None:
 
 def test_restore_after_divert_puts_back_the_exact_original_links(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    distro = root / f"usr/src/linux-headers-{RELEASE}"
-    (distro / "include").mkdir(parents=True)
-    (distro / ".config").write_text("CONFIG_NOT_THIS_ONE=y\n")
-    mdir = root / "lib/modules" / RELEASE
-    mdir.mkdir(parents=True)
     originals = {
         "build": f"../../../usr/src/linux-headers-{RELEASE}",
         "source": f"/usr/src/linux-headers-{RELEASE}/./",
     }
-    for name, target in originals.items():
-        os.symlink(target, mdir / name)
-    (root / "etc").mkdir()
-    (root / "etc/kheaders-pkg.toml").write_text('foreign = "divert"\n')
+    plant_foreign_tree(root, RELEASE, originals)
+    mdir = root / "lib/modules" / RELEASE
     assert run_cli(root, KH_A.sysroot, "check").returncode == 4
     p = run_cli(root, KH_A.sysroot, "sync")
     assert p.returncode == 0, p.stderr

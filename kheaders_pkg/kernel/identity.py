@@ -213,14 +213,17 @@ def disk_facts(layout: Layout, release: str) -> KernelFacts:
     return KernelFacts(identity, config)
 
 
+def with_archive(facts: KernelFacts, archive: ArchiveRef) -> KernelFacts:
+    return KernelFacts(replace(facts.identity, archive=archive), facts.config)
+
+
 def with_archive_file(facts: KernelFacts, path: Path) -> KernelFacts:
     """`--archive FILE` overrides wherever the archive would have come from."""
     try:
         size = os.stat(path).st_size
     except OSError as e:
         raise KernelDataError(f"{path}: cannot read archive ({e.strerror})") from None
-    ident = replace(facts.identity, archive=ArchiveRef(ArchiveSource.FILE, path, size))
-    return KernelFacts(ident, facts.config)
+    return with_archive(facts, ArchiveRef(ArchiveSource.FILE, path, size))
 
 
 def require_archive(identity: KernelIdentity) -> ArchiveRef:
