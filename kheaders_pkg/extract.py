@@ -53,12 +53,14 @@ _LOOKAHEAD_BYTES = 6 << 20
 _PARALLEL_MAX_INPUT = 8 << 20
 _META_MAX = 64 << 10  # a pax extended header (path, linkpath, xattrs) is far smaller than this
 _REUSE_BUFFER_MAX = 8 << 20  # a reuse candidate is held in memory until its hash is known
+_WHOLE_MAX = 1 << 20  # larger files are streamed to disk, never whole in memory
 _BLOCK = 512
 _ZERO_BLOCK = bytes(_BLOCK)
 _DIR_FDS = 32  # directory descriptors kept open (members arrive sorted, so few are needed)
 
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # os.link from the previous tree is an optimisation: when it cannot be done, write the file.
 _LINK_FALLBACK = frozenset(
@@ -147,8 +149,25 @@ def _check_components(parts: list[str], what: str) -> None:
             raise ArchiveError(f"{what}: a path component is longer than {NAME_MAX} bytes")
 
 
+# A path every check below would pass: printable ASCII components of 1-255 bytes, none "." or "..",
+# separated by single slashes. One C call for the common case; anything else is checked piecewise.
+_PLAIN_COMPONENT = rb"(?!\.\.?(?:/|\Z))[\x20-\x2e\x30-\x7e]{1,255}"
+_PLAIN_PATH = re.compile(rb"(?:%s/)*%s" % (_PLAIN_COMPONENT, _PLAIN_COMPONENT))
+_PLAIN_TEXT_PATH = re.compile(_PLAIN_PATH.pattern.decode("ascii"))
+_RESERVED = frozenset({MANIFEST_NAME.encode(), STAMP_NAME.encode()})
+
+
 def _member_path(raw: bytes, is_dir: bool) -> str:
     """A member name -> its normalised relative path ("" for the top directory), checked."""
+    name = raw[2:] if raw.startswith(b"./") else raw
+    if is_dir and name.endswith(b"/"):
+        name = name[:-1]
+    if len(raw) <= PATH_MAX and _PLAIN_PATH.fullmatch(name) and name not in _RESERVED:
+        return name.decode("ascii")
+    return _member_path_checked(raw, is_dir)
+
+
+def _member_path_checked(raw: bytes, is_dir: bool) -> str:
     what = f"member {_show(raw)}"
     text = _decode_name(raw, what)
     if not text:
@@ -221,21 +240,24 @@ def render_manifest(entries: Iterable[Entry]) -> str:
 
 
 def _check_entry(e: Entry) -> None:
-    what = f"manifest entry {_show(e.path)}"
-    if not e.path or e.path.startswith("/") or _CONTROL.search(e.path):
-        raise ManifestError(f"{what}: bad path")
-    try:
-        _check_components(e.path.split("/"), what)
-    except ArchiveError as err:
-        raise ManifestError(str(err)) from None
+    if not _PLAIN_TEXT_PATH.fullmatch(e.path):
+        what = f"manifest entry {_show(e.path)}"
+        if not e.path or e.path.startswith("/") or _CONTROL.search(e.path):
+            raise ManifestError(f"{what}: bad path")
+        try:
+            _check_components(e.path.split("/"), what)
+        except ArchiveError as err:
+            raise ManifestError(str(err)) from None
     if e.kind == "f":
         if e.sha256 is None or not _SHA256_HEX.fullmatch(e.sha256) or e.size < 0 or e.target:
+            what = f"manifest entry {_show(e.path)}"
             raise ManifestError(f"{what}: a file needs a size and a sha256, and no target")
     elif e.kind == "l":
         if not e.target or _CONTROL.search(e.target) or e.size != 0 or e.sha256 is not None:
+            what = f"manifest entry {_show(e.path)}"
             raise ManifestError(f"{what}: a symlink needs a target, and no size or sha256")
     else:
-        raise ManifestError(f"{what}: unknown kind {e.kind!r}")
+        raise ManifestError(f"manifest entry {_show(e.path)}: unknown kind {e.kind!r}")
 
 
 def parse_manifest(text: str) -> tuple[Entry, ...]:
@@ -742,6 +764,12 @@ class _TarInput:
         self.skip(-size % _BLOCK)
 
     def read(self, size: int) -> bytes:
+        """`size` bytes of member data, then the padding is skipped."""
+        pos = self._pos
+        end = pos + size
+        if end + (-size % _BLOCK) <= len(self._buf):  # the common case: all in this chunk
+            self._pos = end + (-size % _BLOCK)
+            return self._buf[pos:end]
         return b"".join(self.pieces(size))
 
     def skip(self, size: int) -> None:
@@ -948,7 +976,13 @@ class _Reuse:
 class _Extraction:
     """The state of one extraction: what exists under `dest` (in memory), and the manifest."""
 
-    def __init__(self, root_fd: int, limits: Limits, reuse: _Reuse | None, umask: int) -> None:
+    def __init__(
+        self,
+        root_fd: int,
+        limits: Limits,
+        reuse: _Reuse | None,
+        umask: int,
+    ) -> None:
         self.root_fd = root_fd
         self.limits = limits
         self.reuse = reuse
@@ -986,22 +1020,10 @@ class _Extraction:
                 if not tar.rest_is_zero():
                     raise ArchiveError("data after the tar end-of-archive marker")
                 return
-            raw_name = _nul_terminated(header[:100])
-            what = f"member {_show(raw_name)}"
-            _check_header(header, what)
-            typeflag = header[156:157]
-            size = _number(header[124:136])
-            mode = _number(header[100:108])
-            mtime = _number(header[136:148])
-            if size is None or mode is None or mtime is None:
-                raise ArchiveError(f"{what}: malformed numeric field in tar header")
-            if header[257:263] == b"ustar\0" and header[345] != 0:
-                # POSIX ustar splits long names into prefix + name; GNU format uses that space
-                # for other fields, hence the magic check.
-                raw_name = _nul_terminated(header[345:500]) + b"/" + raw_name
-                what = f"member {_show(raw_name)}"
+            raw_name, typeflag, size, mode, mtime = _header_fields(header)
             try:
-                if typeflag in (b"L", b"K", b"x", b"g"):
+                if typeflag in _EXTENDED:
+                    what = f"member {_show(raw_name)}"
                     limit = PATH_MAX + 1 if typeflag in (b"L", b"K") else _META_MAX
                     if size > limit:
                         raise ArchiveError(f"{what}: extended header of {size} bytes is too large")
@@ -1019,26 +1041,25 @@ class _Extraction:
                         _check_global_pax(_parse_pax(data, f"{what}: global pax header"), what)
                     continue
                 # A real member: apply the extended headers, then check the final name.
-                if "path" in pax:
-                    raw_name = pax["path"]
-                elif long_name is not None:
-                    raw_name = long_name
-                raw_link = _nul_terminated(header[157:257])
-                if "linkpath" in pax:
-                    raw_link = pax["linkpath"]
-                elif long_link is not None:
-                    raw_link = long_link
-                if "size" in pax:
-                    if not pax["size"].isdigit():
-                        raise ArchiveError(f"member {_show(raw_name)}: malformed pax size")
-                    size = int(pax["size"])
-                mtime_ns = (
-                    _pax_mtime_ns(pax["mtime"], f"member {_show(raw_name)}")
-                    if "mtime" in pax
-                    else mtime * 1_000_000_000
-                )
-                long_name = long_link = None
-                pax = {}
+                raw_link = _nul_terminated(header[157:257]) if typeflag in _LINKS else b""
+                mtime_ns = mtime * 1_000_000_000
+                if pax or long_name is not None or long_link is not None:
+                    if "path" in pax:
+                        raw_name = pax["path"]
+                    elif long_name is not None:
+                        raw_name = long_name
+                    if "linkpath" in pax:
+                        raw_link = pax["linkpath"]
+                    elif long_link is not None:
+                        raw_link = long_link
+                    if "size" in pax:
+                        if not pax["size"].isdigit():
+                            raise ArchiveError(f"member {_show(raw_name)}: malformed pax size")
+                        size = int(pax["size"])
+                    if "mtime" in pax:
+                        mtime_ns = _pax_mtime_ns(pax["mtime"], f"member {_show(raw_name)}")
+                    long_name = long_link = None
+                    pax = {}
                 self.members += 1
                 if self.members > limits.max_members:
                     raise ArchiveError(f"archive has more than {limits.max_members} members")
@@ -1060,28 +1081,18 @@ class _Extraction:
         mode: int,
         mtime_ns: int,
     ) -> None:
-        if typeflag in (b"0", b"\0", b"7"):
-            kind = "f"
-        elif typeflag == b"5":
-            kind = "d"
-        elif typeflag == b"2":
-            kind = "l"
-        elif typeflag == b"1":
-            kind = "h"
-        else:
+        kind = _KINDS.get(typeflag)
+        if kind is None:
             name = _TYPE_NAMES.get(typeflag, f"unsupported member type {typeflag!r}")
             raise ArchiveError(f"member {_show(raw_name)}: {name} not allowed")
         path = _member_path(raw_name, kind == "d")
-        what = f"member {_show(path)}"
-        if mode & 0o7000:
-            raise ArchiveError(f"{what}: setuid, setgid or sticky bit set (mode {mode:o})")
-        if mode & 0o002 and kind in ("f", "d"):
-            raise ArchiveError(f"{what}: world-writable (mode {mode:o})")
-        if kind != "f" and size:
-            raise ArchiveError(f"{what}: a {_KIND_WORDS.get(kind, 'hard link')} with data")
-        if size > self.limits.max_member_bytes:
-            limit = self.limits.max_member_bytes
-            raise ArchiveError(f"{what}: {size} bytes, over the limit of {limit} per member")
+        if (
+            mode & 0o7000
+            or (mode & 0o002 and kind in ("f", "d"))
+            or (size and kind != "f")
+            or size > self.limits.max_member_bytes
+        ):
+            self.refuse(path, kind, size, mode)
         if path == "include" or path.startswith("include/"):
             self.has_include = True
 
@@ -1105,7 +1116,7 @@ class _Extraction:
             original = self.files.get(target_path)
             if original is None:
                 raise ArchiveError(
-                    f"{what}: hard link to {_show(target_path)}, "
+                    f"member {_show(path)}: hard link to {_show(target_path)}, "
                     "which is not an earlier regular file in the archive"
                 )
             os.link(
@@ -1119,6 +1130,18 @@ class _Extraction:
             entry = Entry(path, "f", original.size, original.sha256, None)
             self.files[path] = entry
             self.entries.append(entry)
+
+    def refuse(self, path: str, kind: str, size: int, mode: int) -> None:
+        """Raise the error for a member with a mode or size that is not allowed."""
+        what = f"member {_show(path)}"
+        if mode & 0o7000:
+            raise ArchiveError(f"{what}: setuid, setgid or sticky bit set (mode {mode:o})")
+        if mode & 0o002 and kind in ("f", "d"):
+            raise ArchiveError(f"{what}: world-writable (mode {mode:o})")
+        if kind != "f" and size:
+            raise ArchiveError(f"{what}: a {_KIND_WORDS.get(kind, 'hard link')} with data")
+        limit = self.limits.max_member_bytes
+        raise ArchiveError(f"{what}: {size} bytes, over the limit of {limit} per member")
 
     # -- the tree ---------------------------------------------------------------------------
 
@@ -1192,45 +1215,43 @@ class _Extraction:
         mtime_ns: int,
     ) -> None:
         self.kinds[path] = "f"
-        h = hashlib.sha256()
         reuse = self.reuse
         known = reuse.files.get(path) if reuse is not None else None
-        if reuse is not None and known is not None and known.size == size <= _REUSE_BUFFER_MAX:
-            pieces = list(tar.pieces(size))
-            for piece in pieces:
-                h.update(piece)
-            digest = h.hexdigest()
-            if digest == known.sha256 and reuse.link(path, parent_fd, mode, mtime_ns, size):
-                self.add_file(path, size, digest)
-                return
-            self.write(leaf, parent_fd, pieces, mode, mtime_ns)
-        else:
-            fd = os.open(leaf, _O_NEWFILE, mode, dir_fd=parent_fd)
-            try:
-                for piece in tar.pieces(size):
-                    h.update(piece)
-                    _write_all(fd, piece)
-                self.finish(fd, mode, mtime_ns)
-            finally:
-                os.close(fd)
+        if known is not None and known.size == size <= _REUSE_BUFFER_MAX:
+            assert reuse is not None
+            data = tar.read(size)
+            digest = hashlib.sha256(data).hexdigest()
+            if not (digest == known.sha256 and reuse.link(path, parent_fd, mode, mtime_ns, size)):
+                self.create(leaf, parent_fd, (data,), mode, mtime_ns)
+        elif size <= _WHOLE_MAX:
+            data = tar.read(size)
+            digest = hashlib.sha256(data).hexdigest()
+            self.create(leaf, parent_fd, (data,), mode, mtime_ns)
+        else:  # large: streamed, never whole in memory
+            h = hashlib.sha256()
+            self.create(leaf, parent_fd, _hashing(tar.pieces(size), h), mode, mtime_ns)
             digest = h.hexdigest()
         self.add_file(path, size, digest)
 
-    def write(
-        self, leaf: str, parent_fd: int, pieces: list[memoryview], mode: int, mtime_ns: int
+    def create(
+        self,
+        leaf: str,
+        parent_fd: int,
+        pieces: Iterable[bytes | memoryview],
+        mode: int,
+        mtime_ns: int,
     ) -> None:
+        """A new file `leaf` in `parent_fd` (it must not exist) with its data, mode and mtime."""
         fd = os.open(leaf, _O_NEWFILE, mode, dir_fd=parent_fd)
         try:
             for piece in pieces:
-                _write_all(fd, piece)
-            self.finish(fd, mode, mtime_ns)
+                while piece:
+                    piece = piece[os.write(fd, piece) :]
+            if self.umask & mode:
+                os.fchmod(fd, mode)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
         finally:
             os.close(fd)
-
-    def finish(self, fd: int, mode: int, mtime_ns: int) -> None:
-        if self.umask & mode:
-            os.fchmod(fd, mode)
-        os.utime(fd, ns=(mtime_ns, mtime_ns))
 
     def add_file(self, path: str, size: int, digest: str) -> None:
         entry = Entry(path, "f", size, digest, None)
@@ -1243,10 +1264,10 @@ class _Extraction:
             os.utime(path, ns=(mtime_ns, mtime_ns), dir_fd=self.root_fd, follow_symlinks=False)
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        written = os.write(fd, data)
-        data = data[written:]
+def _hashing(pieces: Iterable[memoryview], h: hashlib._Hash) -> Iterator[memoryview]:
+    for piece in pieces:
+        h.update(piece)
+        yield piece
 
 
 def _gnu_long(data: bytes, what: str) -> bytes:
@@ -1262,6 +1283,53 @@ def _check_global_pax(records: dict[str, bytes], what: str) -> None:
             raise ArchiveError(f"{what}: a global pax header may not set {key!r}")
     if any(key.startswith("GNU.sparse.") for key in records):
         raise ArchiveError(f"{what}: sparse files are not supported")
+
+
+# GNU tar's own layout, as gen_kheaders.sh writes it: mode, uid, gid, size and mtime in zero-padded
+# octal ending in NUL, then the checksum as six digits, NUL, space. Anything else: the long way.
+_GNU_FIELDS = re.compile(rb"([0-7]{7})\0.{16}([0-7]{11})\0([0-7]{11})\0([0-7]{6})\0 ", re.DOTALL)
+_GNU_MAGIC = b"ustar  \0"
+_EXTENDED = frozenset({b"L", b"K", b"x", b"g"})
+_LINKS = frozenset({b"1", b"2"})
+_KINDS = {b"0": "f", b"\0": "f", b"7": "f", b"5": "d", b"2": "l", b"1": "h"}
+
+
+def _header_fields(header: bytes) -> tuple[bytes, bytes, int, int, int]:
+    """A header block -> (raw name, typeflag, size, mode, mtime), checked."""
+    m = _GNU_FIELDS.match(header, 100)
+    # The checksum counts its own field as eight spaces: "dddddd\0 " sums to digits + 32.
+    if (
+        m is not None
+        and header[257:265] == _GNU_MAGIC
+        and int(m[4], 8) == sum(header) - sum(header[148:154]) + 224
+    ):
+        name = header[:100]
+        end = name.find(0)
+        return (
+            name if end < 0 else name[:end],
+            header[156:157],
+            int(m[2], 8),
+            int(m[1], 8),
+            int(m[3], 8),
+        )
+    return _header_fields_checked(header)
+
+
+def _header_fields_checked(header: bytes) -> tuple[bytes, bytes, int, int, int]:
+    """_header_fields for any header: each field parsed and checked on its own."""
+    raw_name = _nul_terminated(header[:100])
+    what = f"member {_show(raw_name)}"
+    _check_header(header, what)
+    size = _number(header[124:136])
+    mode = _number(header[100:108])
+    mtime = _number(header[136:148])
+    if size is None or mode is None or mtime is None:
+        raise ArchiveError(f"{what}: malformed numeric field in tar header")
+    if header[257:263] == b"ustar\0" and header[345] != 0:
+        # POSIX ustar splits long names into prefix + name; GNU format uses that space for
+        # other fields, hence the magic check.
+        raw_name = _nul_terminated(header[345:500]) + b"/" + raw_name
+    return raw_name, header[156:157], size, mode, mtime
 
 
 def _check_header(header: bytes, what: str) -> None:
@@ -1306,7 +1374,14 @@ def extract_archive(
             raise FilesystemError(f"staging directory {dest} is not empty")
         reuse = _Reuse.open(previous) if previous is not None else None
         try:
-            return _extract(src, root_fd, limits, reuse, progress)
+            if isinstance(src, Path):
+                try:
+                    opened = open(src, "rb", buffering=0)
+                except OSError as err:
+                    raise ArchiveError(f"cannot read archive {src}: {err.strerror}") from None
+                with opened:
+                    return _extract_stream(opened, root_fd, limits, reuse, progress)
+            return _extract_stream(src, root_fd, limits, reuse, progress)
         finally:
             if reuse is not None:
                 reuse.close()
@@ -1314,29 +1389,12 @@ def extract_archive(
         os.close(root_fd)
 
 
-def _extract(
-    src: BinaryIO | Path,
-    root_fd: int,
-    limits: Limits,
-    reuse: _Reuse | None,
-    progress: Callable[[int], None] | None = None,
-) -> ExtractResult:
-    if isinstance(src, Path):
-        try:
-            opened = open(src, "rb", buffering=0)
-        except OSError as err:
-            raise ArchiveError(f"cannot read archive {src}: {err.strerror}") from None
-        with opened:
-            return _extract_stream(opened, root_fd, limits, reuse, progress)
-    return _extract_stream(src, root_fd, limits, reuse, progress)
-
-
 def _extract_stream(
     stream: BinaryIO,
     root_fd: int,
     limits: Limits,
     reuse: _Reuse | None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None,
 ) -> ExtractResult:
     read = _safe_reader(stream)
     blocks = _xz_block_count(stream)
