@@ -58,9 +58,8 @@ _BLOCK = 512
 _ZERO_BLOCK = bytes(_BLOCK)
 _DIR_FDS = 32  # directory descriptors kept open (members arrive sorted, so few are needed)
 
-_O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # os.link from the previous tree is an optimisation: when it cannot be done, write the file.
 _LINK_FALLBACK = frozenset(
@@ -976,13 +975,7 @@ class _Reuse:
 class _Extraction:
     """The state of one extraction: what exists under `dest` (in memory), and the manifest."""
 
-    def __init__(
-        self,
-        root_fd: int,
-        limits: Limits,
-        reuse: _Reuse | None,
-        umask: int,
-    ) -> None:
+    def __init__(self, root_fd: int, limits: Limits, reuse: _Reuse | None, umask: int) -> None:
         self.root_fd = root_fd
         self.limits = limits
         self.reuse = reuse
