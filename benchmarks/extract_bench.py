@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kheaders_pkg.extract import extract_archive  # noqa: E402
+from kheaders_pkg.archive.extract import extract_archive  # noqa: E402
 
 CORPUS = Path(os.environ.get("KHEADERS_CORPUS", REPO.parent / "shared" / "corpus"))
 _libc = ctypes.CDLL(None, use_errno=True)

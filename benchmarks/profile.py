@@ -40,7 +40,11 @@ PHASES: tuple[tuple[str, str, str], ...] = (
     ("", "<built-in method posix.symlink>", "file creation"),
     ("", "<built-in method posix.link>", "file creation"),
     ("", "<built-in method posix.stat>", "file creation"),
-    ("extract.py", "", "tar parsing and checks (Python)"),
+    ("archive/extract.py", "", "tar parsing and checks (Python)"),
+    ("archive/tar.py", "", "tar parsing and checks (Python)"),
+    ("archive/names.py", "", "tar parsing and checks (Python)"),
+    ("archive/manifest.py", "", "tar parsing and checks (Python)"),
+    ("archive/xz.py", "", "tar parsing and checks (Python)"),
     ("regenerate.py", "", "augment (.config, auto.conf, manifest, stamp)"),
     ("kconfig.py", "", "augment (.config, auto.conf, manifest, stamp)"),
 )

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from kheaders_pkg import __version__
+from kheaders_pkg.archive.extract import ExtractResult, extract_archive
+from kheaders_pkg.archive.manifest import Entry, render_manifest
 from kheaders_pkg.errors import KheadersError, UnsupportedError
-from kheaders_pkg.extract import Entry, ExtractResult, extract_archive, render_manifest
 from kheaders_pkg.kernel.identity import ArchiveRef, KernelFacts
 from kheaders_pkg.kernel.kconfig import autoconf_disagreements, render_auto_conf
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout

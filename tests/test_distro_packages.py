@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from kheaders_pkg.archive.manifest import Entry, render_manifest
 from kheaders_pkg.config import Config, PackageFormat
 from kheaders_pkg.distro import (
     Owner,
@@ -36,7 +37,6 @@ from kheaders_pkg.distro import (
 from kheaders_pkg.distro.identity import deb_package_name, rpm_package_name
 from kheaders_pkg.distro.queue import pending, queue_file
 from kheaders_pkg.errors import ExitCode, PackagingError, QueuedError
-from kheaders_pkg.extract import Entry, render_manifest
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
 from kheaders_pkg.stamp import ArchiveSource, ConfigSource, Stamp, read_stamp
 from tests.conftest import KERNELS_WITH_ARCHIVE, CorpusKernel, corpus_kernel

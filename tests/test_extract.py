@@ -15,15 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from kheaders_pkg.archive.extract import ExtractResult, extract_archive
+from kheaders_pkg.archive.manifest import Entry, parse_manifest, render_manifest, verify_tree
 from kheaders_pkg.errors import ArchiveError, ExitCode, FilesystemError, ManifestError
-from kheaders_pkg.extract import (
-    Entry,
-    ExtractResult,
-    extract_archive,
-    parse_manifest,
-    render_manifest,
-    verify_tree,
-)
 from kheaders_pkg.layout import MANIFEST_NAME
 from tests.conftest import KERNELS_WITH_ARCHIVE, CorpusKernel, corpus_kernel
 

@@ -1,4 +1,4 @@
-"""extract.py's shortcuts for the common case give exactly what its full checks give.
+"""tar.py's shortcuts for the common case give exactly what its full checks give.
 
 A header in GNU tar's own layout is parsed with one regular expression, and a plain ASCII path
 is checked with another; anything else takes the field-by-field and component-by-component
@@ -15,17 +15,15 @@ import tarfile
 
 import pytest
 
-from kheaders_pkg.errors import ArchiveError, ManifestError
-from kheaders_pkg.extract import (
-    _GNU_FIELDS,
-    Entry,
-    _header_fields,
-    _header_fields_checked,
-    _member_path,
-    _member_path_checked,
-    parse_manifest,
-    render_manifest,
+from kheaders_pkg.archive.manifest import Entry, parse_manifest, render_manifest
+from kheaders_pkg.archive.tar import (
+    GNU_FIELDS,
+    header_fields,
+    header_fields_checked,
+    member_path,
+    member_path_checked,
 )
+from kheaders_pkg.errors import ArchiveError, ManifestError
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME
 from tests.conftest import KERNELS_WITH_ARCHIVE, corpus_kernel
 
@@ -58,8 +56,8 @@ def test_every_real_header_takes_the_shortcut_and_parses_the_same(corpus_tar: by
     headers = _headers(corpus_tar)
     assert len(headers) > 6000
     for header in headers:
-        assert _GNU_FIELDS.match(header, 100) is not None  # the shortcut is really taken
-        assert _header_fields(header) == _header_fields_checked(header)
+        assert GNU_FIELDS.match(header, 100) is not None  # the shortcut is really taken
+        assert header_fields(header) == header_fields_checked(header)
 
 
 def _with_checksum(header: bytearray) -> bytes:
@@ -98,13 +96,13 @@ def test_edited_headers_give_the_same_answer_by_both_routes(offset: int, edit: b
         header = bytearray(original)
         header[offset : offset + len(edit)] = edit
         edited = _with_checksum(header)
-        assert _outcome(_header_fields, edited) == _outcome(_header_fields_checked, edited)
+        assert _outcome(header_fields, edited) == _outcome(header_fields_checked, edited)
         # A wrong checksum is refused by both, whatever else the header holds.
         broken = bytearray(edited)
         broken[150] = ord("7") if broken[150] != ord("7") else ord("6")
-        assert _outcome(_header_fields, bytes(broken))[0] == "error"
-        assert _outcome(_header_fields, bytes(broken)) == _outcome(
-            _header_fields_checked, bytes(broken)
+        assert _outcome(header_fields, bytes(broken))[0] == "error"
+        assert _outcome(header_fields, bytes(broken)) == _outcome(
+            header_fields_checked, bytes(broken)
         )
 
 
@@ -114,9 +112,9 @@ def test_the_signed_checksum_of_old_tars_is_still_accepted() -> None:
     header[148:156] = b" " * 8
     signed = sum(b - 256 if b > 127 else b for b in header)
     header[148:156] = b"%06o\0 " % signed
-    assert _GNU_FIELDS.match(header, 100) is not None  # the layout fits; the checksum does not
-    assert _header_fields(bytes(header)) == _header_fields_checked(bytes(header))
-    assert _header_fields(bytes(header))[0] == "./include/é.h".encode()
+    assert GNU_FIELDS.match(header, 100) is not None  # the layout fits; the checksum does not
+    assert header_fields(bytes(header)) == header_fields_checked(bytes(header))
+    assert header_fields(bytes(header))[0] == "./include/é.h".encode()
 
 
 _NAMES = [
@@ -156,16 +154,16 @@ _NAMES = [
 @pytest.mark.parametrize("raw", _NAMES)
 @pytest.mark.parametrize("is_dir", [False, True])
 def test_member_names_give_the_same_answer_by_both_routes(raw: bytes, is_dir: bool) -> None:
-    assert _outcome(_member_path, raw, is_dir) == _outcome(_member_path_checked, raw, is_dir)
+    assert _outcome(member_path, raw, is_dir) == _outcome(member_path_checked, raw, is_dir)
 
 
 def test_every_real_member_name_gives_the_same_path_by_both_routes(corpus_tar: bytes) -> None:
     headers = _headers(corpus_tar)
     for header in headers:
-        raw, typeflag, *_ = _header_fields_checked(header)
+        raw, typeflag, *_ = header_fields_checked(header)
         if typeflag not in (b"L", b"K", b"x", b"g"):
             is_dir = typeflag == b"5"
-            assert _member_path(raw, is_dir) == _member_path_checked(raw, is_dir)
+            assert member_path(raw, is_dir) == member_path_checked(raw, is_dir)
 
 
 def test_a_manifest_with_non_ascii_and_odd_but_valid_names_round_trips() -> None:

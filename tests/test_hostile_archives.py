@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from kheaders_pkg.archive.extract import DEFAULT_LIMITS, Limits, extract_archive
 from kheaders_pkg.errors import ArchiveError, ExitCode
-from kheaders_pkg.extract import DEFAULT_LIMITS, Limits, extract_archive
 from tests.conftest import corpus_kernel
 
 Member = tuple[tarfile.TarInfo, bytes | None]

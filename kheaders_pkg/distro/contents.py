@@ -11,8 +11,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from kheaders_pkg.archive.manifest import parse_manifest
 from kheaders_pkg.errors import KheadersError, PackagingError
-from kheaders_pkg.extract import parse_manifest
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME
 
 _CHUNK = 1 << 20
