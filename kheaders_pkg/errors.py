@@ -23,6 +23,8 @@ class ExitCode(enum.IntEnum):
     CONFIG = 10  # /etc/kheaders-pkg.toml is invalid
     PACKAGING = 11  # emitting or registering a package failed
     QUEUED = 12  # the package manager is busy: the registration is queued, not lost
+    ELSEWHERE = 14  # published, but not at /lib/modules/$KVER/build (read-only root, no sysext)
+    KBUILD = 15  # a module-building (kbuild) tree cannot be made; the headers-only tree is kept
 
 
 class KheadersError(Exception):
@@ -89,3 +91,44 @@ class PackagingError(KheadersError):
 
 class QueuedError(KheadersError):
     exit_code = ExitCode.QUEUED
+
+
+class KbuildError(KheadersError):
+    """`kbuild` was asked for and cannot be made: Module.symvers cannot be recovered or checked,
+    or a piece of the kbuild tree is missing (the line says which and from which package)."""
+
+    exit_code = ExitCode.KBUILD
+
+
+class ElsewhereError(KheadersError):
+    """Headers are published, but not where tools look by default (a read-only root without
+    systemd-sysext, or a merge that failed): the line names the path and the environment
+    settings that reach it."""
+
+    exit_code = ExitCode.ELSEWHERE
+
+
+class MissingPartError(UnsupportedError):
+    """A Python package this command needs is not installed here (exit 5, like a kernel without
+    the archive: this installation cannot do it), with what to install."""
+
+
+# The optional parts and how each way of installing the tool gets them. The rpm bindings exist only
+# as the distribution's package (nothing on PyPI provides `rpm`), so a plain virtual environment
+# needs --system-site-packages to see them.
+MISSING_PART_ADVICE = {
+    "rpm": "the rpm Python bindings: install python3-rpm (apt or dnf); a virtual environment "
+    "needs --system-site-packages to see them",
+    "jinja2": "jinja2: install python3-jinja2 (apt or dnf) or `pip install jinja2`",
+    "markupsafe": "jinja2's markupsafe: install python3-markupsafe or `pip install markupsafe`",
+    "debian_inspector": "debian-inspector: `pip install debian-inspector`",
+}
+
+
+def missing_part(error: ModuleNotFoundError) -> MissingPartError | None:
+    """The one-line error for an optional part that failed to import, or None for a bug."""
+    top = (error.name or "").partition(".")[0]
+    advice = MISSING_PART_ADVICE.get(top)
+    if advice is None:
+        return None
+    return MissingPartError(f"this command needs {advice}")

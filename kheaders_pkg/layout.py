@@ -20,6 +20,11 @@ STAMP_NAME = ".kheaders-pkg.json"
 MANIFEST_NAME = ".kheaders-pkg.manifest"
 DEFAULT_TREES_DIR = "/usr/src/kheaders-pkg"
 DEFAULT_STATE_DIR = "/var/lib/kheaders-pkg"
+# Where generations live when /usr cannot be written (image-based systems, background.md 8).
+VAR_TREES_DIR = "/var/lib/kheaders-pkg/trees"
+# The directory extensions systemd-sysext merges from that survives reboots (background.md 8).
+EXTENSIONS_DIR = "/var/lib/extensions"
+EXTENSION_PREFIX = "kheaders-pkg-"
 CONFIG_PATH = "/etc/kheaders-pkg.toml"
 MODULES_DIR = "/lib/modules"
 LOCK_NAME = ".lock"
@@ -27,6 +32,14 @@ STAGING_PREFIX = ".staging-"
 GENERATION_PREFIX = "gen-"
 # Linux resolves at most 40 symlinks in one lookup (MAXSYMLINKS); so do we.
 MAX_SYMLINKS = 40
+
+
+class PublishMode(enum.StrEnum):
+    """Where build/source are published (chosen once per run by sysext.publish_mode)."""
+
+    TREE = "tree"  # links in /lib/modules/$KVER, generations under the trees dir
+    SYSEXT = "sysext"  # links in a systemd-sysext extension under /var/lib/extensions
+    VAR = "var"  # read-only /usr without systemd-sysext: generations under /var
 
 
 class LinkName(enum.StrEnum):
@@ -133,6 +146,11 @@ def inside_path_of_link(link_inside: str, target: str) -> str:
     return str(PurePosixPath(link_inside).parent / target)
 
 
+def extension_name(release: str) -> str:
+    """One extension per kernel release: it comes and goes with that kernel."""
+    return f"{EXTENSION_PREFIX}{check_release(release)}"
+
+
 @dataclass(frozen=True)
 class Layout:
     """The target root and the kernel interface, and every path derived from them."""
@@ -141,6 +159,7 @@ class Layout:
     kernel_fs: Path = Path("/")
     trees_dir: str = DEFAULT_TREES_DIR  # inside the root
     state_dir: str = DEFAULT_STATE_DIR  # inside the root
+    publish: PublishMode = PublishMode.TREE
 
     @property
     def kernel(self) -> KernelFiles:
@@ -157,12 +176,35 @@ class Layout:
     def modules_dir(self, release: str) -> Path:
         return self.host(self.modules_dir_inside(release))
 
+    def links_dir_inside(self, release: str) -> str:
+        """Where we publish build/source: /lib/modules/$KVER, or the same path in our extension."""
+        if self.publish is PublishMode.SYSEXT:
+            return f"{self.extension_inside(release)}/usr/lib/modules/{release}"
+        return self.modules_dir_inside(release)
+
+    def links_dir(self, release: str) -> Path:
+        return self.host(self.links_dir_inside(release))
+
     def link_inside(self, release: str, name: LinkName) -> str:
-        return f"{self.modules_dir_inside(release)}/{name}"
+        return f"{self.links_dir_inside(release)}/{name}"
 
     def link(self, release: str, name: LinkName) -> Path:
         """The host path of the `build`/`source` link itself (not followed)."""
-        return self.modules_dir(release) / str(name)
+        return self.links_dir(release) / str(name)
+
+    def view_link_inside(self, release: str, name: LinkName) -> str:
+        """/lib/modules/$KVER/{build,source}: what tools read (a merged extension shows there)."""
+        return f"{self.modules_dir_inside(release)}/{name}"
+
+    # --- systemd-sysext -----------------------------------------------------------------------
+    def extensions(self) -> Path:
+        return self.host(EXTENSIONS_DIR)
+
+    def extension_inside(self, release: str) -> str:
+        return f"{EXTENSIONS_DIR}/{extension_name(release)}"
+
+    def extension(self, release: str) -> Path:
+        return self.extensions() / extension_name(release)
 
     # --- our trees ----------------------------------------------------------------------------
     def trees(self) -> Path:

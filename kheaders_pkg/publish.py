@@ -31,6 +31,7 @@ from kheaders_pkg.layout import (
     STAGING_PREFIX,
     Layout,
     LinkName,
+    PublishMode,
 )
 
 log = logging.getLogger("kheaders-pkg")
@@ -337,7 +338,18 @@ def swap_link(layout: Layout, release: str, name: LinkName, target: str | None) 
 
 def check_links_writable(layout: Layout, release: str) -> None:
     """Fail before the expensive work when build/source could not be swapped afterwards (a
-    read-only /lib/modules): the probe is the temporary link name swap_link itself uses."""
+    read-only /lib/modules): the probe is the temporary link name swap_link itself uses.
+
+    publish = sysext: the links go into an extension under /var/lib/extensions, which must be
+    ours to write; publish = var: sync.py asks itself (a read-only /lib/modules is not fatal).
+    """
+    if layout.publish is PublishMode.SYSEXT:
+        from kheaders_pkg.sysext import extensions_dir
+
+        extensions_dir(layout)
+        return
+    if layout.publish is PublishMode.VAR:
+        return
     mdir = ensure_modules_dir(layout, release)
     probe = mdir / f".{LinkName.BUILD}{TMP_LINK_SUFFIX}"
     try:
