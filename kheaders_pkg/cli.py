@@ -9,10 +9,16 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kheaders_pkg import __version__
 from kheaders_pkg.errors import ExitCode, KheadersError
+
+if TYPE_CHECKING:
+    from kheaders_pkg.config import Config
+    from kheaders_pkg.layout import Layout
+    from kheaders_pkg.sync import Judgement, SyncResult
+    from kheaders_pkg.tree import LinkState
 
 log = logging.getLogger("kheaders-pkg")
 
@@ -121,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _layout_and_config(args: argparse.Namespace) -> tuple[Any, Any]:
+def _layout_and_config(args: argparse.Namespace) -> tuple[Layout, Config]:
     from kheaders_pkg.config import load_config
     from kheaders_pkg.layout import Layout
 
@@ -137,11 +143,11 @@ def _layout_and_config(args: argparse.Namespace) -> tuple[Any, Any]:
     return layout, config
 
 
-def _status_object(j: Any) -> dict[str, Any]:
+def _status_object(j: Judgement) -> dict[str, object]:
     ident = j.facts.identity
     tree = j.tree
 
-    def link(ls: Any) -> dict[str, Any]:
+    def link(ls: LinkState) -> dict[str, object]:
         return {
             "path": str(ls.path),
             "kind": ls.kind,
@@ -150,7 +156,7 @@ def _status_object(j: Any) -> dict[str, Any]:
             "problem": ls.problem,
         }
 
-    identity: dict[str, Any] | None = None
+    identity: dict[str, object] | None = None
     if tree.stamp is not None:
         identity = asdict(tree.stamp)
     elif tree.foreign is not None:
@@ -228,7 +234,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from kheaders_pkg.sync import sync
+    from kheaders_pkg.sync import SyncAction, sync
 
     layout, config = _layout_and_config(args)
     r = sync(
@@ -240,15 +246,15 @@ def cmd_sync(args: argparse.Namespace) -> int:
         archive_file=args.archive,
     )
     v = r.before.verdict
-    if r.action == "nothing":
+    if r.action is SyncAction.NOTHING:
         log.info("nothing to do: %s", v.reason)
         if not args.quiet:
             print(f"{v.kind}: {v.reason}")
         return 0
-    if r.action in ("would-regenerate", "would-divert"):
+    if r.action in (SyncAction.WOULD_REGENERATE, SyncAction.WOULD_DIVERT):
         print(f"{v.kind}: {v.reason}; would regenerate from {_archive_desc(r)}")
         return 0
-    if r.action == "left-foreign":
+    if r.action is SyncAction.LEFT_FOREIGN:
         print(f'{v.kind}: {v.reason}; would regenerate with foreign = "divert"')
         return int(ExitCode.FOREIGN_STALE)
     after = r.after
@@ -262,12 +268,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def _archive_desc(r: Any) -> str:
+def _archive_desc(r: SyncResult) -> str:
     a = r.before.facts.identity.archive
     return f"{a.path} ({a.source})" if a else "no archive"
 
 
-def _after_sync_packaging(layout: Any, config: Any, r: Any) -> None:
+def _after_sync_packaging(layout: Layout, config: Config, r: SyncResult) -> None:
     if not config.emit:
         return
     from kheaders_pkg.distro import emit_and_register

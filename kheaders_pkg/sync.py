@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -39,7 +40,7 @@ from kheaders_pkg.publish import (
     write_record,
 )
 from kheaders_pkg.stamp import ArchiveSource
-from kheaders_pkg.tree import TreeKind, TreeState, tree_state
+from kheaders_pkg.tree import LinkKind, TreeKind, TreeState, tree_state
 from kheaders_pkg.verdict import Verdict, VerdictKind, decide
 
 log = logging.getLogger("kheaders-pkg")
@@ -123,10 +124,20 @@ def _owner(layout: Layout, tree: TreeState) -> str | None:
     return str(owner) if owner is not None else None
 
 
+class SyncAction(enum.StrEnum):
+    """What `sync` did, or with --dry-run would do."""
+
+    NOTHING = "nothing"
+    REGENERATED = "regenerated"
+    WOULD_REGENERATE = "would-regenerate"
+    WOULD_DIVERT = "would-divert"
+    LEFT_FOREIGN = "left-foreign"  # a stale foreign tree, and the policy is to keep it
+
+
 @dataclass(frozen=True)
 class SyncResult:
     before: Judgement
-    action: str  # nothing | regenerated | would-regenerate | left-foreign
+    action: SyncAction
     generation: Path | None = None
     after: Verdict | None = None
     warnings: tuple[str, ...] = ()
@@ -143,9 +154,10 @@ def sync(
 ) -> SyncResult:
     if dry_run:
         j = judge(layout, release, archive_file, thorough=True)
-        act = "would-regenerate" if (j.verdict.needs_sync or force) else "nothing"
+        needs = j.verdict.needs_sync or force
+        act = SyncAction.WOULD_REGENERATE if needs else SyncAction.NOTHING
         if j.verdict.kind is VerdictKind.FOREIGN_STALE and config.foreign is ForeignPolicy.DIVERT:
-            act = "would-divert"
+            act = SyncAction.WOULD_DIVERT
         return SyncResult(j, act)
     with locked(layout, config.lock_timeout):
         clean_leftovers(layout)
@@ -158,15 +170,15 @@ def sync(
         divert = False
         if v.kind is VerdictKind.FOREIGN_STALE:
             if config.foreign is not ForeignPolicy.DIVERT:
-                return SyncResult(j, "left-foreign")
+                return SyncResult(j, SyncAction.LEFT_FOREIGN)
             for link in (j.tree.build, j.tree.source):
-                if link.kind == "directory":
+                if link.kind is LinkKind.DIRECTORY:
                     raise UnsafePathError(
                         f"{link.path} is a real directory, not a link: cannot divert it; left alone"
                     )
             divert = True
         elif not v.needs_sync and not (force and v.kind is not VerdictKind.FOREIGN_FRESH):
-            return SyncResult(j, "nothing", after=v)
+            return SyncResult(j, SyncAction.NOTHING, after=v)
         return _regenerate(layout, config, j, divert=divert, archive_file=archive_file)
 
 
@@ -186,9 +198,10 @@ def _regenerate(
     original: dict[str, str | None] = {}
     for link in (j.tree.build, j.tree.source):
         is_ours = link.resolved is not None and j.tree.kind is TreeKind.OURS
-        if link.kind == "symlink" and not is_ours and not _points_into_ours(layout, link.inside):
+        ours_or_inside = is_ours or _points_into_ours(layout, link.inside)
+        if link.kind is LinkKind.SYMLINK and not ours_or_inside:
             original[str(link.name)] = link.target
-        elif link.kind == "absent":
+        elif link.kind is LinkKind.ABSENT:
             original[str(link.name)] = None
     if any(v is not None for v in original.values()):
         write_record(layout, release, original)
@@ -208,7 +221,7 @@ def _regenerate(
     except OSError as e:
         log.warning("gc failed (%s); the next run retries", e.strerror)
     after = judge(layout, None if ident.running else release, archive_file).verdict
-    return SyncResult(j, "regenerated", gen.path, after, gen.warnings)
+    return SyncResult(j, SyncAction.REGENERATED, gen.path, after, gen.warnings)
 
 
 def _drain_registrations(layout: Layout) -> None:
@@ -287,7 +300,7 @@ def remove(layout: Layout, config: Config, release: str) -> list[Path]:
             drop_record(layout, release)
         else:
             for link in (tree.build, tree.source):
-                if link.kind == "symlink" and _points_into_ours(layout, link.inside):
+                if link.kind is LinkKind.SYMLINK and _points_into_ours(layout, link.inside):
                     try:
                         swap_link(layout, release, link.name, None)
                     except OSError as e:

@@ -29,11 +29,20 @@ class TreeKind(enum.StrEnum):
     FOREIGN = "foreign"
 
 
+class LinkKind(enum.StrEnum):
+    """What stands at build/ or source/ (lstat: a link is not followed)."""
+
+    ABSENT = "absent"
+    SYMLINK = "symlink"
+    DIRECTORY = "directory"
+    OTHER = "other"
+
+
 @dataclass(frozen=True)
 class LinkState:
     name: LinkName
     path: Path  # the link itself, on this machine
-    kind: str  # "absent" | "symlink" | "directory" | "other"
+    kind: LinkKind
     target: str | None  # raw link text
     inside: str | None  # where it points, inside the root
     resolved: Path | None  # the directory it leads to on this machine, if it exists
@@ -94,26 +103,26 @@ def read_link(layout: Layout, release: str, name: LinkName) -> LinkState:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return LinkState(name, path, "absent", None, None, None)
+        return LinkState(name, path, LinkKind.ABSENT, None, None, None)
     except NotADirectoryError:
-        return LinkState(name, path, "absent", None, None, None, "parent is not a directory")
+        return LinkState(name, path, LinkKind.ABSENT, None, None, None, "parent is not a directory")
     if stat.S_ISDIR(st.st_mode):
-        return LinkState(name, path, "directory", None, link_inside, path)
+        return LinkState(name, path, LinkKind.DIRECTORY, None, link_inside, path)
     if not stat.S_ISLNK(st.st_mode):
-        return LinkState(name, path, "other", None, None, None, "not a directory")
+        return LinkState(name, path, LinkKind.OTHER, None, None, None, "not a directory")
     try:
         target = os.readlink(path)
     except FileNotFoundError:  # removed between lstat and readlink (a concurrent swap or remove)
-        return LinkState(name, path, "absent", None, None, None)
+        return LinkState(name, path, LinkKind.ABSENT, None, None, None)
     inside = inside_path_of_link(link_inside, target)
     try:
         host = layout.host(inside)
     except UnsafePathError:
-        return LinkState(name, path, "symlink", target, inside, None, "symlink loop")
+        return LinkState(name, path, LinkKind.SYMLINK, target, inside, None, "symlink loop")
     if not host.is_dir():
         problem = "dangling" if not os.path.lexists(host) else "not a directory"
-        return LinkState(name, path, "symlink", target, inside, None, problem)
-    return LinkState(name, path, "symlink", target, inside, host)
+        return LinkState(name, path, LinkKind.SYMLINK, target, inside, None, problem)
+    return LinkState(name, path, LinkKind.SYMLINK, target, inside, host)
 
 
 def _is_ours(layout: Layout, tree: Path) -> bool:

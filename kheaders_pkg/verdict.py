@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from kheaders_pkg.errors import ExitCode
 from kheaders_pkg.kernel.identity import KernelIdentity
 from kheaders_pkg.stamp import Stamp
-from kheaders_pkg.tree import ForeignFacts, TreeKind, TreeState
+from kheaders_pkg.tree import ForeignFacts, LinkKind, TreeKind, TreeState
 
 
 class VerdictKind(enum.StrEnum):
@@ -134,7 +134,7 @@ def _decide_tree(kernel: KernelIdentity, tree: TreeState) -> Verdict:
     where = f"/lib/modules/{tree.release}/build"
     if tree.kind is TreeKind.MISSING:
         link = tree.build
-        if link.kind == "absent":
+        if link.kind is LinkKind.ABSENT:
             return Verdict(VerdictKind.MISSING, f"no headers at {where}")
         return Verdict(
             VerdictKind.MISSING,

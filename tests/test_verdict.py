@@ -11,7 +11,7 @@ from kheaders_pkg.errors import ExitCode
 from kheaders_pkg.kernel.identity import ArchiveRef, KernelIdentity
 from kheaders_pkg.layout import LinkName
 from kheaders_pkg.stamp import ArchiveSource, ConfigSource, Stamp
-from kheaders_pkg.tree import ForeignFacts, LinkState, TreeKind, TreeState
+from kheaders_pkg.tree import ForeignFacts, LinkKind, LinkState, TreeKind, TreeState
 from kheaders_pkg.verdict import VerdictKind, decide
 
 BID_A = "6b6f5988478876da7d0cc1f1f01b55b4260d6b34"
@@ -55,7 +55,7 @@ STAMP = Stamp(
 def link(
     name: LinkName,
     resolved: Path | None,
-    kind: str = "symlink",
+    kind: LinkKind = LinkKind.SYMLINK,
     problem: str | None = None,
     target: str | None = "/usr/src/kheaders-pkg/6.1.192-kh/gen-0001-6b6f59884788",
 ) -> LinkState:
@@ -79,13 +79,13 @@ def ours(
     )
 
 
-def missing(kind: str = "absent", problem: str | None = None) -> TreeState:
-    target = None if kind == "absent" else "/usr/src/linux-headers-6.1.192-kh"
+def missing(kind: LinkKind = LinkKind.ABSENT, problem: str | None = None) -> TreeState:
+    target = None if kind is LinkKind.ABSENT else "/usr/src/linux-headers-6.1.192-kh"
     return TreeState(
         REL,
         TreeKind.MISSING,
         link(LinkName.BUILD, None, kind, problem, target),
-        link(LinkName.SOURCE, None, "absent", None, None),
+        link(LinkName.SOURCE, None, LinkKind.ABSENT, None, None),
     )
 
 
@@ -107,8 +107,8 @@ CASES = [
     # (name, kernel, tree, kind, differs)
     ("fresh tree of ours", KERNEL, ours(), VerdictKind.FRESH, ()),
     ("no build link", KERNEL, missing(), VerdictKind.MISSING, ()),
-    ("dangling build link", KERNEL, missing("symlink", "dangling"), VerdictKind.MISSING, ()),
-    ("build link loop", KERNEL, missing("symlink", "symlink loop"), VerdictKind.MISSING, ()),
+    ("dangling build link", KERNEL, missing(LinkKind.SYMLINK, "dangling"), VerdictKind.MISSING, ()),
+    ("build link loop", KERNEL, missing(LinkKind.SYMLINK, "symlink loop"), VerdictKind.MISSING, ()),
     (
         "rebuilt under the same release",
         replace(KERNEL, build_id=BID_B),
