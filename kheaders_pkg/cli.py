@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO, cast
 
 from kheaders_pkg import __version__
-from kheaders_pkg.errors import ExitCode, KheadersError
+from kheaders_pkg.errors import ExitCode, KbuildError, KheadersError, missing_part
 
 if TYPE_CHECKING:
     from kheaders_pkg.config import Config
+    from kheaders_pkg.kbuild import KbuildRecord
     from kheaders_pkg.layout import Layout
     from kheaders_pkg.sync import Judgement, SyncResult
-    from kheaders_pkg.tree import LinkState
+    from kheaders_pkg.tree import LinkState, TreeState
 
 log = logging.getLogger("kheaders-pkg")
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: stdout was closed before we finished writing
 
 EPILOG = """\
 exit codes:
@@ -29,7 +34,8 @@ exit codes:
   2  usage error
   3  check: headers are missing or stale; `sync` would regenerate them
   4  a tree we do not own is stale; left alone (see foreign = "divert")
-  5  unsupported: the kernel has no CONFIG_IKHEADERS, or no archive can be had
+  5  unsupported: the kernel has no CONFIG_IKHEADERS, or no archive can be had, or an
+     optional part this command needs is not installed (the line names the package)
   6  the headers archive is corrupt, hostile or over a limit; nothing published
   7  the kernel's files (notes, config, image, module) are unreadable or malformed
   8  filesystem: read-only, full, permission denied or an unsafe path; previous tree kept
@@ -37,7 +43,41 @@ exit codes:
  10  the configuration file is invalid
  11  emitting or registering a package failed
  12  the package manager is busy: the registration is queued for the next run
+ 14  headers published, but not at /lib/modules/KVER/build (read-only root without
+     systemd-sysext, or the merge failed): the line names the path and BCC_KERNEL_SOURCE
+ 15  kbuild: a module-building tree cannot be made (the line says why); headers-only tree kept
 """
+
+
+def _add_global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
+    """--root, --kernel-fs, --config, -v, -q: on the main parser with their defaults, and on each
+    subcommand with none (argparse.SUPPRESS), so a value given before the command is kept."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=default(Path("/")),
+        help="target filesystem holding lib/modules, usr/src, etc, var (default /)",
+    )
+    p.add_argument(
+        "--kernel-fs",
+        type=Path,
+        default=default(Path("/")),
+        help="where the running kernel's sys/ and proc/ are read from (default /)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=default(None),
+        help="configuration file (default ROOT/etc/kheaders-pkg.toml)",
+    )
+    p.add_argument(
+        "-v", "--verbose", action="count", default=default(0), help="more output (twice: debug)"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", default=default(False), help="errors only")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,27 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"kheaders-pkg {__version__}")
-    p.add_argument(
-        "--root",
-        type=Path,
-        default=Path("/"),
-        help="target filesystem holding lib/modules, usr/src, etc, var (default /)",
-    )
-    p.add_argument(
-        "--kernel-fs",
-        type=Path,
-        default=Path("/"),
-        help="where the running kernel's sys/ and proc/ are read from (default /)",
-    )
-    p.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="configuration file (default ROOT/etc/kheaders-pkg.toml)",
-    )
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more output (twice: debug)")
-    p.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    _add_global_options(p, suppress=False)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # The global options are accepted after the command too (`status --json --root /mnt` is what
+    # people type): every subcommand takes them, with defaults that never override the main ones.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, suppress=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
 
     def kernel_arg(sp: argparse.ArgumentParser, required: bool = False) -> None:
         sp.add_argument(
@@ -79,11 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="a kernel that is not running, read from its files under --root",
         )
 
-    s = sub.add_parser("status", help="show identities, the tree and the verdict")
+    s = command("status", help="show identities, the tree and the verdict")
     kernel_arg(s)
     s.add_argument("--json", action="store_true", help="one JSON object")
 
-    s = sub.add_parser("check", help="cheap boot-time check; exit code says what to do")
+    s = command("check", help="cheap boot-time check; exit code says what to do")
     kernel_arg(s)
     s.add_argument(
         "--condition",
@@ -91,38 +119,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="systemd ExecCondition= mapping: exit 0 when sync is needed, 1 when not",
     )
 
-    s = sub.add_parser("sync", help="regenerate the tree when it is missing or stale")
+    s = command("sync", help="regenerate the tree when it is missing or stale")
     kernel_arg(s)
     s.add_argument("--dry-run", action="store_true", help="say what would be done")
     s.add_argument("--force", action="store_true", help="regenerate even when fresh")
     s.add_argument("--archive", type=Path, help="use this kheaders.tar.xz instead of the kernel's")
+    s.add_argument(
+        "--kbuild",
+        action="store_true",
+        help="also make the tree build modules (as `kbuild = true`; exit 15 if it cannot)",
+    )
 
-    sub.add_parser("gc", help="remove generations nothing points to (keeps keep_generations)")
+    command("gc", help="remove generations nothing points to (keeps keep_generations)")
 
-    s = sub.add_parser("restore", help="put back links we diverted or replaced")
+    s = command("restore", help="put back links we diverted or replaced")
     kernel_arg(s)
 
-    s = sub.add_parser("remove", help="a kernel is going away: remove our tree and links for it")
+    s = command("remove", help="a kernel is going away: remove our tree and links for it")
     kernel_arg(s, required=True)
 
-    s = sub.add_parser("emit", help="build a .deb or .rpm of the generated tree")
+    s = command("emit", help="build a .deb, .rpm or .pkg.tar.zst of the generated tree")
     kernel_arg(s)
-    s.add_argument("--format", choices=["deb", "rpm"], required=True)
+    s.add_argument("--format", choices=["deb", "rpm", "pacman"], required=True)
     s.add_argument("--out", type=Path, default=Path("."), help="output directory (default .)")
 
-    s = sub.add_parser("register", help="register the generated tree in the package database")
+    s = command("register", help="register the generated tree in the package database")
     kernel_arg(s)
     s.add_argument(
         "--format",
-        choices=["deb", "rpm"],
+        choices=["deb", "rpm", "pacman"],
         default=None,
         help="package format (default: detected from the root)",
     )
 
-    s = sub.add_parser("hooks", help="install or remove the boot and package-manager hooks")
+    s = command("hooks", help="install or remove the boot and package-manager hooks")
     s.add_argument("action", choices=["install", "remove"])
     s.add_argument(
         "--system", default=None, help="debian, fedora, arch or generic (default: detect)"
+    )
+    s.add_argument(
+        "--executable",
+        metavar="PATH",
+        default=None,
+        help="the kheaders-pkg the hooks run (default: the one on PATH, else this one)",
     )
     return p
 
@@ -130,15 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _layout_and_config(args: argparse.Namespace) -> tuple[Layout, Config]:
     from kheaders_pkg.config import load_config
     from kheaders_pkg.layout import Layout
+    from kheaders_pkg.sysext import publish_mode, trees_dir_for
 
     base = Layout(root=args.root, kernel_fs=args.kernel_fs)
     config_path = args.config if args.config is not None else base.config_file()
     config = load_config(config_path, required=args.config is not None)
+    mode = publish_mode(base, config.publish)
     layout = Layout(
         root=args.root,
         kernel_fs=args.kernel_fs,
-        trees_dir=config.trees_dir,
+        trees_dir=trees_dir_for(mode, config.trees_dir),
         state_dir=config.state_dir,
+        publish=mode,
     )
     return layout, config
 
@@ -181,13 +223,46 @@ def _status_object(j: Judgement) -> dict[str, object]:
             "owner": tree.owner,
             "build": link(tree.build),
             "source": link(tree.source),
+            "publish": _publish_mode(tree),
+            "extension": _extension_object(tree),
+            "kbuild": _kbuild_object(j),
         },
         "verdict": j.verdict.kind,
         "reason": j.verdict.reason,
         "differs": list(j.verdict.differs),
         "evidence": list(j.verdict.evidence),
-        "remarks": list(ident.remarks),
+        "remarks": _remarks(j),
     }
+
+
+def _publish_mode(tree: TreeState) -> str:
+    return "sysext" if tree.extension is not None else "tree"
+
+
+def _extension_object(tree: TreeState) -> dict[str, object] | None:
+    """publish = sysext: our extension, its label and whether /lib/modules shows it (merged)."""
+    ext = tree.extension
+    if ext is None:
+        return None
+    return {
+        "path": str(ext.path),
+        "exists": ext.exists,
+        "label": ext.label,
+        "problem": ext.problem,
+        "merged": ext.merged,
+        "view_target": ext.view_target,
+    }
+
+
+def _remarks(j: Judgement) -> list[str]:
+    """The kernel's remarks, then what our tree lacks and why (vmlinux.h: kernel/btf.py)."""
+    from kheaders_pkg.kernel.btf import vmlinux_h_remark
+
+    remarks = list(j.facts.identity.remarks)
+    stamp = j.tree.stamp
+    if stamp is not None and (note := vmlinux_h_remark(stamp.vmlinux_h, stamp.release)):
+        remarks.append(note)
+    return remarks
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -213,10 +288,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     target = f" -> {t.tree_inside}" if t.tree_inside else ""
     owner = f", owned by {t.owner}" if t.owner else ""
     print(f"tree:    {t.build.path}{target} ({t.kind}{owner})")
+    if t.extension is not None:
+        merged = {True: "merged", False: "not merged", None: "merge not checked (--root)"}
+        state = merged[t.extension.merged] if t.extension.exists else "absent"
+        print(f"  extension: {t.extension.path} ({state})")
+    kbuild = _kbuild_record(j)
+    if kbuild is not None:
+        print(f"  kbuild: {kbuild.summary}")
     print(f"verdict: {j.verdict.kind}: {j.verdict.reason}")
-    for r in ident.remarks:
+    for r in _remarks(j):
         print(f"  note: {r}")
     return 0
+
+
+def _kbuild_object(j: Judgement) -> dict[str, object] | None:
+    record = _kbuild_record(j)
+    return None if record is None else {**asdict(record), "summary": record.summary}
+
+
+def _kbuild_record(j: Judgement) -> KbuildRecord | None:
+    from kheaders_pkg.tree import TreeKind
+
+    if j.tree.kind is not TreeKind.OURS or j.tree.tree is None:
+        return None
+    from kheaders_pkg.kbuild import read_record
+
+    return read_record(j.tree.tree)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -237,6 +334,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from kheaders_pkg.sync import SyncAction, sync
 
     layout, config = _layout_and_config(args)
+    if args.kbuild:
+        config = replace(config, kbuild=True)
     r = sync(
         layout,
         config,
@@ -258,6 +357,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
         print(f'{v.kind}: {v.reason}; would regenerate with foreign = "divert"')
         return int(ExitCode.FOREIGN_STALE)
     after = r.after
+    if r.action is SyncAction.RELABELLED:
+        if not args.quiet:
+            print(f"relabelled the extension of {r.generation} ({v.kind}: {v.reason})")
+            if after is not None:
+                print(f"{after.kind}: {after.reason}")
+        return int(after.exit_code) if after is not None and after.needs_sync else 0
     if not args.quiet:
         print(f"regenerated {r.generation} ({v.kind}: {v.reason})")
         if after is not None:
@@ -265,6 +370,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if after is not None and after.needs_sync:
         return int(after.exit_code)
     _after_sync_packaging(layout, config, r)
+    if r.kbuild is not None:
+        if not r.kbuild.ready:
+            raise KbuildError(f"no module-building tree for {r.generation}: {r.kbuild.summary}")
+        if not args.quiet:
+            print(f"kbuild: {r.kbuild.summary}")
     return 0
 
 
@@ -368,11 +478,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     setup(-1 if args.quiet else args.verbose)
+    stdout = sys.stdout
+    sys.stdout = cast(TextIO, _ReaderMayLeave(stdout))
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe is a traceback
     except KheadersError as e:
         print(f"kheaders-pkg: error: {e}", file=sys.stderr)
         return int(e.exit_code)
+    except ModuleNotFoundError as e:
+        missing = missing_part(e)
+        if missing is None or args.verbose > 1:
+            return _internal_error(e, args.verbose)
+        print(f"kheaders-pkg: error: {missing}", file=sys.stderr)
+        return int(missing.exit_code)
+    except BrokenPipeError:  # stderr's reader went away: end as SIGPIPE would, quietly
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print(
             "kheaders-pkg: interrupted; nothing half-published (staging is cleaned next run)",
@@ -380,13 +501,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 130
     except Exception as e:  # a bug: one line unless asked for the traceback
-        if args.verbose:
-            raise
-        print(
-            f"kheaders-pkg: internal error: {type(e).__name__}: {e} (run with -v for details)",
-            file=sys.stderr,
-        )
-        return int(ExitCode.INTERNAL)
+        return _internal_error(e, args.verbose)
+    finally:
+        sys.stdout = stdout
+    return code
+
+
+class _ReaderMayLeave(io.TextIOBase):
+    """stdout for a reader that may stop reading (`status | head -1`): once the pipe is closed
+    the rest of the output goes to /dev/null, quietly, and the command ends with the status it
+    would have had, as the reader took what it wanted."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._discard()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._discard()
+
+    def isatty(self) -> bool:
+        return bool(self._stream.isatty())
+
+    def fileno(self) -> int:
+        return int(self._stream.fileno())
+
+    def _discard(self) -> None:
+        # What is still buffered is flushed again at exit: let it land in /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+
+def _internal_error(e: Exception, verbose: int) -> int:
+    if verbose:
+        raise e
+    print(
+        f"kheaders-pkg: internal error: {type(e).__name__}: {e} (run with -v for details)",
+        file=sys.stderr,
+    )
+    return int(ExitCode.INTERNAL)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,9 @@ STAMP_STR = (
 CONFIG_SOURCES = ("proc", "configs.ko", "boot-config", "modules-config")  # stamp.ConfigSource
 BUILD_CONFIG_SOURCES = ("proc", "configs.ko")  # ConfigSource.is_build_config
 ARCHIVE_SOURCES = ("sysfs", "module", "file")  # stamp.ArchiveSource
+# stamp._ADDED: optional keys (absent in older stamps) and the values of one of them.
+STAMP_ADDED = ("btf_sha256", "vmlinux_h")
+VMLINUX_H_STATES = ("made", "no-btf", "no-bpftool", "failed")  # kernel.btf.VmlinuxH
 EXIT_FRESH = 0  # errors.ExitCode.OK (verdict fresh)
 CONDITION_SKIP = 1  # cli.cmd_check: --condition exits 1 when no sync is needed
 NT_GNU_BUILD_ID = 3  # kernel.notes.NT_GNU_BUILD_ID
@@ -77,7 +80,12 @@ def fast_check(argv: list[str]) -> int | None:
     except Exception:  # any doubt at all: the full CLI answers (with its own errors)
         return None
     if not quiet:
-        print(line)
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:  # the reader left (`check | head -0`): the verdict stands
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.close(devnull)
     return CONDITION_SKIP if condition else EXIT_FRESH
 
 
@@ -297,6 +305,11 @@ def _stamp(tree: str) -> dict[str, object]:
         raise _Defer("config_source")
     if data["archive_source"] not in ARCHIVE_SOURCES:
         raise _Defer("archive_source")
+    for key in STAMP_ADDED:
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise _Defer(key)
+    if data.get("vmlinux_h") not in (None, *VMLINUX_H_STATES):
+        raise _Defer("vmlinux_h")
     return data
 
 

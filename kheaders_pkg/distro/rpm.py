@@ -14,15 +14,21 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import rpm
+from typing import TYPE_CHECKING
 
 from kheaders_pkg.distro.base import Owner, PackageFamily, path_aliases, tool
 from kheaders_pkg.distro.identity import rpm_package_name, tree_package
 from kheaders_pkg.distro.queue import first_held
 from kheaders_pkg.distro.render import render
 from kheaders_pkg.errors import PackagingError
+from kheaders_pkg.kernel.machine import tree_arch
 from kheaders_pkg.layout import Layout
+
+if TYPE_CHECKING:
+    # The rpm bindings exist only as the distribution's python3-rpm: they are imported where
+    # the rpm database is read, so a virtual environment without them still emits .debs and the
+    # rpm commands end in a one-line error naming the package (errors.missing_part).
+    import rpm
 
 # Where an rpmdb lives inside a root, newest convention first.
 DB_DIRS = ("/usr/lib/sysimage/rpm", "/var/lib/rpm")
@@ -51,6 +57,8 @@ def _require_dbpath(layout: Layout) -> str:
 def _transaction(layout: Layout) -> Iterator[rpm.TransactionSet]:
     """A read-only view of the root's rpmdb. `_dbpath` is process-global in librpm, so it is set
     for the duration and removed again."""
+    import rpm
+
     rpm.addMacro("_dbpath", _require_dbpath(layout))
     try:
         ts = rpm.TransactionSet(str(layout.root))
@@ -65,6 +73,8 @@ def _transaction(layout: Layout) -> Iterator[rpm.TransactionSet]:
 
 
 def _evr(header: rpm.hdr) -> str:
+    import rpm
+
     epoch = header[rpm.RPMTAG_EPOCH]
     evr = f"{header[rpm.RPMTAG_VERSION]}-{header[rpm.RPMTAG_RELEASE]}"
     return f"{epoch}:{evr}" if epoch else evr
@@ -105,6 +115,8 @@ class Rpm(PackageFamily):
 
     @classmethod
     def owner(cls, layout: Layout, inside_path: str) -> Owner | None:
+        import rpm
+
         with _transaction(layout) as ts:
             for path in path_aliases(layout, inside_path):
                 for header in ts.dbMatch("basenames", path):
@@ -113,6 +125,8 @@ class Rpm(PackageFamily):
 
     @classmethod
     def installed_version(cls, layout: Layout, package_name: str) -> str | None:
+        import rpm
+
         with _transaction(layout) as ts:
             versions = sorted(
                 (
@@ -166,6 +180,11 @@ class Rpm(PackageFamily):
             }
             (topdir / "tmp").mkdir()
             argv: list[str] = ["rpmbuild", "-bb", "--nodeps", "--quiet"]
+            # The package's architecture is the kernel's. rpmbuild refuses a BuildArch the host
+            # cannot build for ("No compatible architectures found"); --target sets it instead.
+            kernel = tree_arch(tree)
+            if kernel is not None:
+                argv += ["--target", kernel.rpm]
             for key, value in defines.items():
                 argv += ["--define", f"{key} {value}"]
             tool([*argv, spec_path])
