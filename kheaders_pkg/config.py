@@ -17,9 +17,16 @@ class ForeignPolicy(enum.StrEnum):
     DIVERT = "divert"  # publish ours and repoint build/source, recording the originals for restore
 
 
+class PublishChoice(enum.StrEnum):
+    AUTO = "auto"  # a systemd-sysext extension when /usr cannot be written, else a tree (default)
+    TREE = "tree"  # links in /lib/modules/$KVER
+    SYSEXT = "sysext"  # always an extension under /var/lib/extensions
+
+
 class PackageFormat(enum.StrEnum):
     DEB = "deb"
     RPM = "rpm"
+    PACMAN = "pacman"
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,12 @@ class Config:
     # Package formats `sync` emits after a regeneration ([] = none), and whether it registers them.
     emit: tuple[PackageFormat, ...] = ()
     register: bool = False
+    # Where build/source are published: see sysext.publish_mode.
+    publish: PublishChoice = PublishChoice.AUTO
+    # Make the tree build modules too (kbuild.py): Module.symvers recovered from the kernel,
+    # the kbuild tools and source pieces from the distro's packages or from `kbuild_source`.
+    kbuild: bool = False
+    kbuild_source: str | None = None  # a kernel source tree of the same version (inside path)
     source: Path | None = field(default=None, compare=False)
 
 
@@ -69,6 +82,8 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
                 values[key] = value
             elif key == "foreign":
                 values[key] = _choice(key, value, ForeignPolicy)
+            elif key == "publish":
+                values[key] = _choice(key, value, PublishChoice)
             elif key == "lock_timeout":
                 if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                     raise ConfigError(f"config key {key!r}: must be seconds >= 0, got {value!r}")
@@ -79,6 +94,12 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
                         f'config key {key!r}: must be a list like ["deb"], got {value!r}'
                     )
                 values[key] = tuple(_choice(key, v, PackageFormat) for v in value)
+            elif key == "kbuild":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"config key {key!r}: must be true or false, got {value!r}")
+                values[key] = value
+            elif key == "kbuild_source":
+                values[key] = _absolute_dir(key, value)
             elif key == "register":
                 if not isinstance(value, bool):
                     raise ConfigError(f"config key {key!r}: must be true or false, got {value!r}")

@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kheaders_pkg.config import Config, ForeignPolicy
 from kheaders_pkg.errors import (
@@ -26,7 +27,7 @@ from kheaders_pkg.kernel.identity import (
     with_archive,
     with_archive_file,
 )
-from kheaders_pkg.layout import Layout, LinkName
+from kheaders_pkg.layout import Layout, LinkName, PublishMode
 from kheaders_pkg.publish import (
     clean_leftovers,
     drop_record,
@@ -41,7 +42,10 @@ from kheaders_pkg.publish import (
 )
 from kheaders_pkg.stamp import ArchiveSource
 from kheaders_pkg.tree import LinkKind, TreeKind, TreeState, tree_state
-from kheaders_pkg.verdict import Verdict, VerdictKind, decide
+from kheaders_pkg.verdict import EXTENSION_DIFFERS, Verdict, VerdictKind, decide
+
+if TYPE_CHECKING:
+    from kheaders_pkg.regenerate import NewGeneration
 
 log = logging.getLogger("kheaders-pkg")
 
@@ -132,6 +136,7 @@ class SyncAction(enum.StrEnum):
     WOULD_REGENERATE = "would-regenerate"
     WOULD_DIVERT = "would-divert"
     LEFT_FOREIGN = "left-foreign"  # a stale foreign tree, and the policy is to keep it
+    RELABELLED = "relabelled"  # the same tree, in a new systemd-sysext extension
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,7 @@ def sync(
         return SyncResult(j, act)
     with locked(layout, config.lock_timeout):
         clean_leftovers(layout)
+        _clean_extensions(layout, keep=release)
         _drain_registrations(layout)
         # Judge under the lock: a run that waited finds the tree another run just made.
         j = judge(layout, release, archive_file, thorough=True)
@@ -179,7 +185,70 @@ def sync(
             divert = True
         elif not v.needs_sync and not (force and v.kind is not VerdictKind.FOREIGN_FRESH):
             return SyncResult(j, SyncAction.NOTHING, after=v)
+        if v.differs and set(v.differs) <= EXTENSION_DIFFERS and not force:
+            return _relabel(layout, j, archive_file)
         return _regenerate(layout, config, j, divert=divert, archive_file=archive_file)
+
+
+def _relabel(layout: Layout, j: Judgement, archive_file: Path | None) -> SyncResult:
+    """The tree is fresh but its extension is not merged or would not be (an OS update changed
+    VERSION_ID): a new extension for the same generation, then a refresh; no regeneration."""
+    from kheaders_pkg.sysext import publish_extension
+
+    ident = j.facts.identity
+    assert j.tree.tree_inside is not None and j.tree.tree is not None
+    publish_extension(layout, ident.release, j.tree.tree_inside)
+    _merge(layout, ident.release, j.tree.tree_inside)
+    after = judge(layout, None if ident.running else ident.release, archive_file).verdict
+    return SyncResult(j, SyncAction.RELABELLED, j.tree.tree, after)
+
+
+def _merge(layout: Layout, release: str, target: str) -> None:
+    """systemd-sysext refresh on the live root; exit 14 when the extension could not be merged."""
+    from kheaders_pkg.sysext import elsewhere, refresh
+
+    problem = refresh(layout)
+    if problem is not None:
+        raise elsewhere(layout, release, target, f"systemd-sysext could not merge: {problem}")
+
+
+def _clean_extensions(layout: Layout, keep: str | None) -> None:
+    """publish = sysext: half-made extensions from an interrupted run, and the extensions (and
+    trees) of kernels that are gone from /usr (an OS update removed them); then a refresh."""
+    if layout.publish is not PublishMode.SYSEXT:
+        return
+    from kheaders_pkg.sysext import (
+        clean_extension_leftovers,
+        extension_releases,
+        kernel_installed,
+        refresh,
+        remove_extension,
+    )
+
+    for p in clean_extension_leftovers(layout):
+        log.info("removed leftover %s", p)
+    running = _running_release(layout)
+    gone = [
+        r
+        for r in extension_releases(layout)
+        if r not in (keep, running) and not kernel_installed(layout, r)
+    ]
+    for rel in gone:
+        remove_extension(layout, rel)
+        for g in generations(layout, rel):
+            remove_tree(g.path)
+        log.info("removed the extension and trees of %s: the kernel is gone", rel)
+    if gone:
+        problem = refresh(layout)
+        if problem is not None:
+            log.warning("systemd-sysext refresh failed: %s", problem)
+
+
+def _running_release(layout: Layout) -> str | None:
+    try:
+        return layout.kernel.osrelease.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _regenerate(
@@ -191,8 +260,13 @@ def _regenerate(
     archive = require_archive(ident)
     release = ident.release
     previous = j.tree.tree if j.tree.kind is TreeKind.OURS and j.tree.stamp is not None else None
+    links_writable = _links_writable(layout, release)
+    if not links_writable:
+        _raise_if_fresh_generation(layout, j)
     gen = build_generation(layout, j.facts, archive, previous=previous)
     target = layout.generation_inside(release, gen.name)
+    if layout.publish is PublishMode.SYSEXT or not links_writable:
+        return _publish_elsewhere(layout, config, j, gen, target, archive_file)
     # Links we did not make (a dangling distro link, a loop, a diverted foreign tree) are recorded
     # before we replace them, so that `restore` and `remove` put them back exactly.
     original: dict[str, str | None] = {}
@@ -224,6 +298,77 @@ def _regenerate(
     return SyncResult(j, SyncAction.REGENERATED, gen.path, after, gen.warnings)
 
 
+def _links_writable(layout: Layout, release: str) -> bool:
+    """publish = var: whether /lib/modules/$KVER takes our links. A read-only one is not fatal
+    there: the tree is still made, and named (exit 14). Other modes check in build_generation."""
+    from kheaders_pkg.publish import check_links_writable
+
+    if layout.publish is not PublishMode.VAR:
+        return True
+    try:
+        check_links_writable(replace(layout, publish=PublishMode.TREE), release)
+    except FilesystemError:
+        return False
+    return True
+
+
+def _raise_if_fresh_generation(layout: Layout, j: Judgement) -> None:
+    """Read-only root without systemd-sysext: the newest generation, if it matches the kernel,
+    is the answer again (exit 14 naming it), not a reason to make another."""
+    from kheaders_pkg.stamp import StampError, read_stamp
+    from kheaders_pkg.sysext import elsewhere
+    from kheaders_pkg.tree import LinkState
+
+    release = j.facts.identity.release
+    gens = generations(layout, release)
+    if not gens:
+        return
+    newest = gens[-1]
+    try:
+        stamp = read_stamp(newest.path)
+    except StampError:
+        return
+    inside = layout.generation_inside(release, newest.name)
+    links = [
+        LinkState(n, layout.link(release, n), LinkKind.SYMLINK, inside, inside, newest.path)
+        for n in (LinkName.BUILD, LinkName.SOURCE)
+    ]
+    tree = TreeState(release, TreeKind.OURS, links[0], links[1], newest.path, inside, stamp)
+    if decide(j.facts.identity, tree).kind is VerdictKind.FRESH:
+        raise elsewhere(
+            layout, release, inside, f"{layout.modules_dir_inside(release)} is read-only"
+        )
+
+
+def _publish_elsewhere(
+    layout: Layout,
+    config: Config,
+    j: Judgement,
+    gen: NewGeneration,
+    target: str,
+    archive_file: Path | None,
+) -> SyncResult:
+    """The new generation as a systemd-sysext extension, merged; or, on a read-only root
+    without systemd-sysext, named in one line (exit 14)."""
+    from kheaders_pkg.sysext import elsewhere, publish_extension
+
+    release = j.facts.identity.release
+    if layout.publish is PublishMode.SYSEXT:
+        publish_extension(layout, release, target)
+    try:
+        gc(layout, config.keep_generations)
+    except OSError as e:
+        log.warning("gc failed (%s); the next run retries", e.strerror)
+    if layout.publish is not PublishMode.SYSEXT:
+        raise elsewhere(
+            layout, release, target, f"{layout.modules_dir_inside(release)} is read-only"
+        )
+    _merge(layout, release, target)
+    ident = j.facts.identity
+    after = judge(layout, None if ident.running else release, archive_file).verdict
+    return SyncResult(j, SyncAction.REGENERATED, gen.path, after, gen.warnings)
+
+
 def _drain_registrations(layout: Layout) -> None:
     """Registrations queued while a package manager was busy; cheap when there are none."""
     queue = layout.state() / "queue"
@@ -251,6 +396,7 @@ def _points_into_ours(layout: Layout, inside: str | None) -> bool:
 def gc_all(layout: Layout, config: Config) -> list[Path]:
     with locked(layout, config.lock_timeout):
         clean_leftovers(layout)
+        _clean_extensions(layout, keep=None)
         return gc(layout, config.keep_generations)
 
 
@@ -295,7 +441,21 @@ def remove(layout: Layout, config: Config, release: str) -> list[Path]:
     with locked(layout, config.lock_timeout):
         record = read_record(layout, release)
         tree = tree_state(layout, release)
-        if record is not None:
+        if layout.publish is PublishMode.SYSEXT:
+            from kheaders_pkg.sysext import refresh, remove_extension
+
+            try:
+                gone = remove_extension(layout, release)
+            except OSError as e:
+                raise fs_error(
+                    f"cannot remove {layout.extension(release)}", e, "trees kept"
+                ) from None
+            if gone is not None:
+                removed.append(gone)
+                problem = refresh(layout)
+                if problem is not None:
+                    log.warning("systemd-sysext refresh failed: %s", problem)
+        elif record is not None:
             _put_back(layout, release, record)
             drop_record(layout, release)
         else:

@@ -12,12 +12,13 @@ import mmap
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kheaders_pkg.errors import KheadersError, UnsafePathError
-from kheaders_pkg.layout import Layout, LinkName, inside_path_of_link
+from kheaders_pkg.layout import Layout, LinkName, PublishMode, inside_path_of_link
 from kheaders_pkg.stamp import Stamp, StampError, has_stamp, read_stamp
+from kheaders_pkg.sysext import ExtensionState, extension_state
 
 # Files we read from foreign trees are small, except vmlinux (read through mmap).
 _SMALL = 1 << 20
@@ -91,6 +92,7 @@ class TreeState:
     stamp_error: str | None = None
     foreign: ForeignFacts | None = None
     owner: str | None = None  # the package owning a foreign tree, when asked
+    extension: ExtensionState | None = None  # publish = sysext: our extension for this release
 
     @property
     def needs_btf(self) -> bool:
@@ -135,6 +137,16 @@ def _is_ours(layout: Layout, tree: Path) -> bool:
 
 
 def tree_state(layout: Layout, release: str) -> TreeState:
+    if layout.publish is PublishMode.SYSEXT:
+        ext = extension_state(layout, release)
+        # Without an extension of ours, judge what tools see at /lib/modules/$KVER (nothing, or
+        # a distro's tree); with one, judge the tree its links lead to, merged or not.
+        judged_layout = layout if ext.exists else replace(layout, publish=PublishMode.TREE)
+        return replace(_links_tree_state(judged_layout, release), extension=ext)
+    return _links_tree_state(layout, release)
+
+
+def _links_tree_state(layout: Layout, release: str) -> TreeState:
     build = read_link(layout, release, LinkName.BUILD)
     source = read_link(layout, release, LinkName.SOURCE)
     # The build tree decides; a foreign source still makes the whole foreign, because bcc prefers

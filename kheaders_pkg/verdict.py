@@ -187,7 +187,34 @@ def _decide_tree(kernel: KernelIdentity, tree: TreeState) -> Verdict:
             ("links",),
         )
     by = "build id" if kernel.build_id else "archive digest"
-    return Verdict(
-        VerdictKind.FRESH,
-        f"headers match the running kernel (generation {tree.stamp.generation}, by {by})",
-    )
+    fresh = f"headers match the running kernel (generation {tree.stamp.generation}, by {by})"
+    if tree.extension is not None and tree.extension.exists:
+        return _extension_verdict(tree, fresh)
+    return Verdict(VerdictKind.FRESH, fresh)
+
+
+# The differs that a new extension fixes without a new generation (sync.py relabels).
+EXTENSION_DIFFERS = frozenset({"extension", "merge"})
+
+
+def _extension_verdict(tree: TreeState, fresh: str) -> Verdict:
+    """A fresh tree behind our systemd-sysext extension: fresh only if systemd-sysext would merge
+    the extension (its label matches os-release) and, on the live root, has merged it."""
+    ext = tree.extension
+    assert ext is not None
+    name = ext.path.name
+    if ext.problem is not None:
+        return Verdict(
+            VerdictKind.STALE,
+            f"extension {name}: {ext.problem}, so systemd-sysext would not merge it",
+            ("extension",),
+        )
+    if ext.merged is False:
+        return Verdict(
+            VerdictKind.STALE,
+            f"extension {name} is not merged: /lib/modules/{tree.release}/build does not show it "
+            "(systemd-sysext refresh)",
+            ("merge",),
+        )
+    where = "merged" if ext.merged else "not merged: --root is not the running system"
+    return Verdict(VerdictKind.FRESH, f"{fresh}; systemd-sysext extension {name}, {where}")
