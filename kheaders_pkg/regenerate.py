@@ -2,7 +2,9 @@
 
 What the archive lacks and tools look for (background.md 1, 4): `.config` (bcc, dkms checks),
 `include/config/auto.conf` and `include/config/kernel.release` (systemtap reads the release there),
-and `vmlinux.id` (the build id as Fedora's kernel-devel ships it; systemtap matches on it).
+and `vmlinux.id` (the build id as Fedora's kernel-devel ships it; systemtap matches on it); and
+`vmlinux.h` from the kernel's own BTF, which libbpf CO-RE programs compile against (background.md
+11; kernel/btf.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from kheaders_pkg import __version__
 from kheaders_pkg.archive.extract import ExtractResult, extract_archive
 from kheaders_pkg.archive.manifest import Entry, render_manifest
 from kheaders_pkg.errors import KheadersError, UnsupportedError
+from kheaders_pkg.kernel.btf import VMLINUX_H, VmlinuxH, make_vmlinux_h, vmlinux_h_remark
 from kheaders_pkg.kernel.identity import ArchiveRef, KernelFacts
 from kheaders_pkg.kernel.kconfig import autoconf_disagreements, render_auto_conf
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
@@ -146,6 +149,12 @@ def build_generation(
                     "auto.conf follow the running config"
                 )
         extra = added_files(facts)
+        made = make_vmlinux_h(facts.btf, staging)
+        if made.data is not None:
+            extra[VMLINUX_H] = made.data
+        elif made.state is not VmlinuxH.NO_BTF:
+            remark = vmlinux_h_remark(made.state, release)
+            warnings.append(f"{remark} ({made.problem})" if made.problem else str(remark))
         for rel, data in extra.items():
             write_new_file(staging, rel, data)
         entries = sorted(
@@ -171,6 +180,8 @@ def build_generation(
             file_count=len(entries),
             manifest_sha256=hashlib.sha256(manifest).hexdigest(),
             tool_version=__version__,
+            btf_sha256=made.btf_sha256,
+            vmlinux_h=made.state,
         )
         crash_point("before-stamp")
         # The stamp goes last: a tree with a stamp is a complete tree.

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kheaders_pkg.errors import KheadersError
+from kheaders_pkg.kernel.btf import VmlinuxH
 from kheaders_pkg.layout import STAMP_NAME
 
 STAMP_FORMAT = 1
@@ -58,6 +59,9 @@ class Stamp:
     file_count: int
     manifest_sha256: str
     tool_version: str
+    # Added within format 1 (a stamp without them reads as None: made before vmlinux.h existed).
+    btf_sha256: str | None = None  # the kernel BTF that vmlinux.h was made from
+    vmlinux_h: VmlinuxH | None = None
     format: int = STAMP_FORMAT
     tool: str = TOOL
 
@@ -66,6 +70,9 @@ class Stamp:
 
 
 _OPTIONAL_STR = {"uts_version", "build_id", "config_sha256", "config_source"}
+# Keys added since format 1 was first written: optional, so that older stamps stay readable and
+# the format number stays, so that older tools (which ignore unknown keys) still read ours.
+_ADDED = {"btf_sha256", "vmlinux_h"}
 _INT = {"archive_size", "generation", "file_count", "format"}
 
 
@@ -82,12 +89,15 @@ def parse_stamp(text: str, where: str = STAMP_NAME) -> Stamp:
         raise StampError(f"{where}: stamp format {data.get('format')!r} is not one this tool reads")
     values: dict[str, Any] = {}
     for f in fields(Stamp):
+        if f.name not in data and f.name in _ADDED:
+            values[f.name] = None
+            continue
         if f.name not in data:
             raise StampError(f"{where}: missing key {f.name!r}")
         value = data[f.name]
         if f.name in _INT:
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        elif f.name in _OPTIONAL_STR:
+        elif f.name in _OPTIONAL_STR or f.name in _ADDED:
             ok = value is None or isinstance(value, str)
         else:
             ok = isinstance(value, str)
@@ -98,6 +108,8 @@ def parse_stamp(text: str, where: str = STAMP_NAME) -> Stamp:
         if values["config_source"] is not None:
             values["config_source"] = ConfigSource(values["config_source"])
         values["archive_source"] = ArchiveSource(values["archive_source"])
+        if values["vmlinux_h"] is not None:
+            values["vmlinux_h"] = VmlinuxH(values["vmlinux_h"])
     except ValueError as e:
         raise StampError(f"{where}: {e}") from None
     return Stamp(**values)

@@ -240,13 +240,14 @@ def foreign_facts(tree: Path) -> ForeignFacts:
 
 def _vmlinux_facts(path: Path) -> tuple[str | None, str | None]:
     """Build id from vmlinux's notes (Arch) and the sha256 of its .BTF (Debian's BTF-only file)."""
+    from kheaders_pkg.kernel.btf import btf_of_elf, btf_sha256
     from kheaders_pkg.kernel.elf import ELFFile
     from kheaders_pkg.kernel.notes import find_build_id
 
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
         elf = ELFFile(m)
         build_id = find_build_id(elf.notes())
-        btf = elf.section_bytes(".BTF")
-        btf_sha = hashlib.sha256(btf).hexdigest() if btf else None
+        btf = btf_of_elf(elf)  # the one BTF reader (kernel/btf.py)
+        btf_sha = btf_sha256(btf) if btf else None
         del elf, btf
     return build_id, btf_sha

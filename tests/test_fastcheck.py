@@ -23,6 +23,7 @@ from kheaders_pkg import fastcheck, layout, stamp
 from kheaders_pkg.cli import main as cli_main
 from kheaders_pkg.errors import ExitCode
 from kheaders_pkg.fastcheck import fast_check
+from kheaders_pkg.kernel.btf import VmlinuxH
 from tests.conftest import REPO, copy_sysroot, corpus_kernel
 
 KH_A = corpus_kernel("kh-6.1.192-kh-a")
@@ -190,6 +191,19 @@ def _stamp_newer_format(root: Path, work: Path) -> State:
     return State(root, KH_A.sysroot)
 
 
+def _stamp_before_vmlinux_h(root: Path, work: Path) -> State:
+    p = generation(root) / layout.STAMP_NAME
+    data = json.loads(p.read_text())
+    del data["btf_sha256"], data["vmlinux_h"]
+    replace_file(p, json.dumps(data, indent=1, sort_keys=True).encode())
+    return State(root, KH_A.sysroot)
+
+
+def _stamp_unknown_vmlinux_h(root: Path, work: Path) -> State:
+    edit_stamp(root, vmlinux_h="maybe")
+    return State(root, KH_A.sysroot)
+
+
 def _stamp_distro_config(root: Path, work: Path) -> State:
     edit_stamp(root, config_source="boot-config", config_sha256="0" * 64)
     return State(root, KH_A.sysroot)
@@ -283,6 +297,8 @@ STATES: dict[str, tuple[Setup, bool]] = {
     "stamp missing a key": (_stamp_missing_key, False),
     "stamp generation is a bool": (_stamp_bool_generation, False),
     "stamp newer format": (_stamp_newer_format, False),
+    "fresh, stamp made before vmlinux.h": (_stamp_before_vmlinux_h, True),
+    "stamp unknown vmlinux.h state": (_stamp_unknown_vmlinux_h, False),
     "stamp from a distro config copy": (_stamp_distro_config, False),
     "stamp gone": (_stamp_gone, False),
     "missing": (_missing, False),
@@ -352,13 +368,20 @@ def test_copied_facts_match_their_source_of_truth() -> None:
     assert fastcheck.NT_GNU_BUILD_ID == notes.NT_GNU_BUILD_ID
     assert set(fastcheck.STAMP_INT) == stamp._INT
     assert set(fastcheck.STAMP_OPTIONAL_STR) == stamp._OPTIONAL_STR
-    every = {*fastcheck.STAMP_INT, *fastcheck.STAMP_OPTIONAL_STR, *fastcheck.STAMP_STR}
+    assert set(fastcheck.STAMP_ADDED) == stamp._ADDED
+    every = {
+        *fastcheck.STAMP_INT,
+        *fastcheck.STAMP_OPTIONAL_STR,
+        *fastcheck.STAMP_STR,
+        *fastcheck.STAMP_ADDED,
+    }
     assert every == {f.name for f in fields(stamp.Stamp)}
     assert fastcheck.CONFIG_SOURCES == tuple(str(s) for s in stamp.ConfigSource)
     assert fastcheck.BUILD_CONFIG_SOURCES == tuple(
         str(s) for s in stamp.ConfigSource if s.is_build_config
     )
     assert fastcheck.ARCHIVE_SOURCES == tuple(str(s) for s in stamp.ArchiveSource)
+    assert fastcheck.VMLINUX_H_STATES == tuple(str(s) for s in VmlinuxH)
     assert fastcheck.EXIT_FRESH == int(ExitCode.OK)
 
 

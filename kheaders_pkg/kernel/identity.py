@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kheaders_pkg.errors import KernelDataError, NotesError, UnsupportedError
+from kheaders_pkg.kernel.btf import BtfRef, BtfSource
 from kheaders_pkg.kernel.kconfig import config_sha256, gunzip_config, looks_like_config, option
 from kheaders_pkg.kernel.notes import read_build_id
 from kheaders_pkg.layout import Layout, check_release
@@ -51,10 +52,11 @@ class KernelIdentity:
 
 @dataclass(frozen=True)
 class KernelFacts:
-    """The identity, and the config text we write as the tree's .config."""
+    """The identity, the config text we write as the tree's .config, and where the BTF is."""
 
     identity: KernelIdentity
     config: bytes | None
+    btf: BtfRef | None = None  # read only when a tree is made (vmlinux.h)
 
 
 def _read_small(path: Path) -> bytes | None:
@@ -148,7 +150,7 @@ def live_facts(layout: Layout, *, want_btf: bool = False) -> KernelFacts:
         btf_sha256=btf,
         remarks=tuple(remarks),
     )
-    return KernelFacts(identity, config)
+    return KernelFacts(identity, config, BtfRef(BtfSource.SYSFS, k.btf))
 
 
 def disk_facts(layout: Layout, release: str) -> KernelFacts:
@@ -163,8 +165,10 @@ def disk_facts(layout: Layout, release: str) -> KernelFacts:
         raise KernelDataError(f"{modules_dir}: no such kernel installed")
 
     build_id = None
+    btf: BtfRef | None = None
     for image in layout.kernel_images(release):
         if image.is_file():
+            btf = BtfRef(BtfSource.IMAGE, image)
             build_id = build_id_from_image(image)
             if build_id is None:
                 remarks.append(f"{image} has no GNU build-id note")
@@ -210,11 +214,11 @@ def disk_facts(layout: Layout, release: str) -> KernelFacts:
         running=False,
         remarks=tuple(remarks),
     )
-    return KernelFacts(identity, config)
+    return KernelFacts(identity, config, btf)
 
 
 def with_archive(facts: KernelFacts, archive: ArchiveRef) -> KernelFacts:
-    return KernelFacts(replace(facts.identity, archive=archive), facts.config)
+    return replace(facts, identity=replace(facts.identity, archive=archive))
 
 
 def with_archive_file(facts: KernelFacts, path: Path) -> KernelFacts:
