@@ -59,8 +59,12 @@ def render_auto_conf(config: bytes) -> bytes:
     """include/config/auto.conf as kbuild writes it: every option that is set, with its value.
 
     kbuild's `syncconfig` writes the set symbols in its own order; the content (one `CONFIG_X=v`
-    line per set option, under a generated-file header) is what Makefiles and tools read.
+    line per set option, under a generated-file header) is what Makefiles and tools read. Since
+    Linux 5.18 string values are written without their quotes and escapes (scripts/kconfig
+    print_symbol_for_autoconf): the top Makefile compares CONFIG_CC_VERSION_TEXT in a shell
+    test that quotes break.
     """
+    unquote = _config_version(config) >= (5, 18)
     lines = [
         b"#",
         b"# Automatically generated file; DO NOT EDIT.",
@@ -69,8 +73,25 @@ def render_auto_conf(config: bytes) -> bytes:
     ]
     for line in config.splitlines():
         if line.startswith(b"CONFIG_") and b"=" in line and not line.endswith(b"=n"):
-            lines.append(line)
+            lines.append(_unquoted(line) if unquote else line)
     return b"\n".join(lines) + b"\n"
+
+
+# The header kconfig writes at the top of .config: "# Linux/x86 6.1.192 Kernel Configuration".
+_CONFIG_HEADER = re.compile(rb"^# Linux/\S+ (\d+)\.(\d+)\S* Kernel Configuration$", re.MULTILINE)
+
+
+def _config_version(config: bytes) -> tuple[int, int]:
+    """(major, minor) from the config's header; a config without one is taken as current."""
+    m = _CONFIG_HEADER.search(config[:4096])
+    return (int(m.group(1)), int(m.group(2))) if m else (99, 0)
+
+
+def _unquoted(line: bytes) -> bytes:
+    name, _, value = line.partition(b"=")
+    if len(value) >= 2 and value.startswith(b'"') and value.endswith(b'"'):
+        value = re.sub(rb"\\(.)", rb"\1", value[1:-1])
+    return name + b"=" + value
 
 
 def autoconf_disagreements(config: bytes, autoconf_h: bytes) -> list[str]:
