@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from kheaders_pkg import __version__
 from kheaders_pkg.archive.extract import ExtractResult, extract_archive
@@ -29,6 +29,9 @@ from kheaders_pkg.kernel.btf import VMLINUX_H, VmlinuxH, make_vmlinux_h, vmlinux
 from kheaders_pkg.kernel.identity import ArchiveRef, KernelFacts
 from kheaders_pkg.kernel.kconfig import autoconf_disagreements, render_auto_conf
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
+
+if TYPE_CHECKING:
+    from kheaders_pkg.kbuild import KbuildRecord
 from kheaders_pkg.publish import (
     check_links_writable,
     crash_point,
@@ -51,6 +54,7 @@ class NewGeneration:
     name: str
     stamp: Stamp
     warnings: tuple[str, ...]
+    kbuild: KbuildRecord | None = None  # set when a kbuild tree was asked for (kbuild.py)
 
 
 @contextmanager
@@ -121,6 +125,8 @@ def build_generation(
     archive: ArchiveRef,
     *,
     previous: Path | None,
+    kbuild: bool = False,
+    kbuild_source: str | None = None,
 ) -> NewGeneration:
     """Extract into a private staging directory and publish it as the next generation.
 
@@ -155,10 +161,26 @@ def build_generation(
         elif made.state is not VmlinuxH.NO_BTF:
             remark = vmlinux_h_remark(made.state, release)
             warnings.append(f"{remark} ({made.problem})" if made.problem else str(remark))
+        kb = None
+        if kbuild:
+            from kheaders_pkg.kbuild import plan_kbuild
+
+            # The generation's name is not known yet; its depth (all a relative link needs) is.
+            kb = plan_kbuild(
+                layout, facts, staging, layout.generation_inside(release, "gen"), kbuild_source
+            )
+            extra.update(kb.files)
         for rel, data in extra.items():
             write_new_file(staging, rel, data)
+        links = [] if kb is None else sorted(kb.links.items())
+        for rel, target in links:
+            os.symlink(target, staging / rel)
         entries = sorted(
-            [*result.entries, *(_entry(rel, data) for rel, data in extra.items())],
+            [
+                *result.entries,
+                *(_entry(rel, data) for rel, data in extra.items()),
+                *(Entry(rel, "l", 0, None, target) for rel, target in links),
+            ],
             key=lambda e: e.path,
         )
         manifest = render_manifest(entries).encode()
@@ -200,7 +222,7 @@ def build_generation(
         raise
     for w in warnings:
         log.warning("%s", w)
-    return NewGeneration(path, name, stamp, tuple(warnings))
+    return NewGeneration(path, name, stamp, tuple(warnings), None if kb is None else kb.record)
 
 
 def _discard(staging: Path) -> None:

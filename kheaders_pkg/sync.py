@@ -45,6 +45,7 @@ from kheaders_pkg.tree import LinkKind, TreeKind, TreeState, tree_state
 from kheaders_pkg.verdict import EXTENSION_DIFFERS, Verdict, VerdictKind, decide
 
 if TYPE_CHECKING:
+    from kheaders_pkg.kbuild import KbuildRecord
     from kheaders_pkg.regenerate import NewGeneration
 
 log = logging.getLogger("kheaders-pkg")
@@ -146,6 +147,7 @@ class SyncResult:
     generation: Path | None = None
     after: Verdict | None = None
     warnings: tuple[str, ...] = ()
+    kbuild: KbuildRecord | None = None  # what the new tree holds for module builds, if asked
 
 
 def sync(
@@ -183,11 +185,25 @@ def sync(
                         f"{link.path} is a real directory, not a link: cannot divert it; left alone"
                     )
             divert = True
-        elif not v.needs_sync and not (force and v.kind is not VerdictKind.FOREIGN_FRESH):
+        elif (
+            not v.needs_sync
+            and not _kbuild_never_tried(config, j)
+            and not (force and v.kind is not VerdictKind.FOREIGN_FRESH)
+        ):
             return SyncResult(j, SyncAction.NOTHING, after=v)
         if v.differs and set(v.differs) <= EXTENSION_DIFFERS and not force:
             return _relabel(layout, j, archive_file)
         return _regenerate(layout, config, j, divert=divert, archive_file=archive_file)
+
+
+def _kbuild_never_tried(config: Config, j: Judgement) -> bool:
+    """`kbuild` is asked for and our fresh tree was made without it: make it once. A tree where
+    it was tried and could not be made is not remade at every run (`sync --force` retries)."""
+    if not config.kbuild or j.tree.kind is not TreeKind.OURS or j.tree.tree is None:
+        return False
+    from kheaders_pkg.kbuild import read_record
+
+    return read_record(j.tree.tree) is None
 
 
 def _relabel(layout: Layout, j: Judgement, archive_file: Path | None) -> SyncResult:
@@ -263,7 +279,14 @@ def _regenerate(
     links_writable = _links_writable(layout, release)
     if not links_writable:
         _raise_if_fresh_generation(layout, j)
-    gen = build_generation(layout, j.facts, archive, previous=previous)
+    gen = build_generation(
+        layout,
+        j.facts,
+        archive,
+        previous=previous,
+        kbuild=config.kbuild,
+        kbuild_source=config.kbuild_source,
+    )
     target = layout.generation_inside(release, gen.name)
     if layout.publish is PublishMode.SYSEXT or not links_writable:
         return _publish_elsewhere(layout, config, j, gen, target, archive_file)
@@ -295,7 +318,7 @@ def _regenerate(
     except OSError as e:
         log.warning("gc failed (%s); the next run retries", e.strerror)
     after = judge(layout, None if ident.running else release, archive_file).verdict
-    return SyncResult(j, SyncAction.REGENERATED, gen.path, after, gen.warnings)
+    return SyncResult(j, SyncAction.REGENERATED, gen.path, after, gen.warnings, gen.kbuild)
 
 
 def _links_writable(layout: Layout, release: str) -> bool:
@@ -366,7 +389,7 @@ def _publish_elsewhere(
     _merge(layout, release, target)
     ident = j.facts.identity
     after = judge(layout, None if ident.running else release, archive_file).verdict
-    return SyncResult(j, SyncAction.REGENERATED, gen.path, after, gen.warnings)
+    return SyncResult(j, SyncAction.REGENERATED, gen.path, after, gen.warnings, gen.kbuild)
 
 
 def _drain_registrations(layout: Layout) -> None:
