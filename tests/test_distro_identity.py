@@ -1,5 +1,6 @@
-"""Package identity, version ordering, the lock probe, the queue file and pacman ownership:
-pure or nearly so, no package tool run (the rpm and debian-inspector libraries are used)."""
+"""Package identity, version ordering, the lock probe and the queue file: pure or nearly so, no
+package tool run (the rpm and debian-inspector libraries are used). pacman's ownership answers are
+checked against pacman itself, in a database pacman made, in test_distro_pacman.py."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import pytest
 import rpm
 from debian_inspector.version import Version
 
-from kheaders_pkg.distro import arch as pacman
-from kheaders_pkg.distro import is_ours, owner_of
-from kheaders_pkg.distro.base import Owner, path_aliases
+from kheaders_pkg.distro import is_ours
+from kheaders_pkg.distro.base import path_aliases
 from kheaders_pkg.distro.identity import deb_package_name, package_version, rpm_package_name
 from kheaders_pkg.distro.queue import Action, Request, enqueue, lock_holder, pending, queue_file
 from kheaders_pkg.errors import PackagingError
@@ -151,29 +151,3 @@ def test_merged_usr_roots_ask_for_both_spellings(tmp_path: Path) -> None:
     assert path_aliases(merged, "/usr" + build) == ("/usr" + build, build)
     assert path_aliases(split, build) == (build,)
     assert path_aliases(merged, "/usr/src/x") == ("/usr/src/x",)
-
-
-def _pacman_package(root: Path, name: str, version: str, files: list[str]) -> None:
-    entry = root / pacman.LOCAL_DB / f"{name}-{version}"
-    entry.mkdir(parents=True)
-    (entry / "desc").write_text(f"%NAME%\n{name}\n\n%VERSION%\n{version}\n\n")
-    (entry / "files").write_text("%FILES%\n" + "".join(f + "\n" for f in files) + "\n")
-
-
-def test_pacman_owner_of_arch_headers_build_link(tmp_path: Path) -> None:
-    root = _merged_usr_root(tmp_path)
-    (root / "var/lib/pacman/local").mkdir(parents=True)
-    (root / pacman.LOCAL_DB / "ALPM_DB_VERSION").write_text("9\n")
-    _pacman_package(root, "linux", "6.12.1.arch1-1", ["usr/", "usr/lib/modules/6.12.1-arch1-1/"])
-    _pacman_package(
-        root,
-        "linux-headers",
-        "6.12.1.arch1-1",
-        ["usr/lib/modules/6.12.1-arch1-1/", "usr/lib/modules/6.12.1-arch1-1/build"],
-    )
-    layout = Layout(root=root)
-    expected = Owner("pacman", "linux-headers", "6.12.1.arch1-1")
-    assert owner_of(layout, "/lib/modules/6.12.1-arch1-1/build") == expected
-    assert owner_of(layout, "/usr/lib/modules/6.12.1-arch1-1/build") == expected
-    assert owner_of(layout, "/usr/src/kheaders-pkg/6.12.1-arch1-1") is None
-    assert pacman.Pacman.installed_version(layout, "linux") == "6.12.1.arch1-1"

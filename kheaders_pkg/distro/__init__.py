@@ -70,7 +70,7 @@ def owner_of(layout: Layout, inside_path: str) -> Owner | None:
 
 
 def emit_package(layout: Layout, tree: Path, out_dir: Path, package_format: str) -> Path:
-    """Build a package of format `package_format` ("deb", "rpm") from a generated tree."""
+    """Build a package of format `package_format` ("deb", "rpm", "pacman") from a generated tree."""
     return family_for_format(package_format).emit(layout, tree, out_dir)
 
 
@@ -125,8 +125,8 @@ def _register(layout: Layout, family: type[PackageFamily], request: Request) -> 
 def register_tree(layout: Layout, tree: Path, package_format: str | None = None) -> str | None:
     """Build our package of `tree` and record it in the root's package database.
 
-    `package_format` picks the family ("deb", "rpm"); by default the root's own. Returns the
-    family's name, or None when the root has no database we build packages for. Raises
+    `package_format` picks the family ("deb", "rpm", "pacman"); by default the root's own.
+    Returns the family's name, or None when the root has no database we build packages for. Raises
     QueuedError (exit 12) when the package manager's lock is held: the request is written to
     `<state>/queue/<release>.json` for `drain_queue`. Raises PackagingError otherwise.
     """
@@ -281,7 +281,7 @@ def register_command(
     tree = current_tree(layout, name)
     family = register_tree(layout, tree, package_format)
     if family is None:
-        return f"nothing to register {name} with: no dpkg or rpm database under {layout.root}"
+        return f"nothing to register {name} with: no package database under {layout.root}"
     package = tree_package(layout, tree)
     return f"registered {name} (version {package.version}) with {family}"
 

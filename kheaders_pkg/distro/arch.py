@@ -1,18 +1,46 @@
-"""pacman (Arch Linux and derivatives): ownership only, read from the local database.
+"""pacman (Arch Linux and derivatives): ownership, our .pkg.tar.zst, registration.
 
-Each installed package is a directory `var/lib/pacman/local/<name>-<version>-<rel>/` whose `desc`
-names it and whose `files` lists its paths, relative to the root (directories end in "/").
+Ownership is read from the local database as libalpm writes it: each installed package is a
+directory `var/lib/pacman/local/<name>-<version>-<rel>/` whose `desc` names it and whose `files`
+lists its paths relative to the root (directories end in "/"). Reading it needs no pacman binary
+and honours --root exactly; the tests check every answer against `pacman -Qo`.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from kheaders_pkg.distro.base import Owner, PackageFamily, path_aliases
+from kheaders_pkg.distro.base import Owner, PackageFamily, path_aliases, tool
+from kheaders_pkg.distro.pacman_package import build_pacman_package, pacman_package_name
 from kheaders_pkg.layout import Layout
 
-LOCAL_DB = "var/lib/pacman/local"
-LOCK = "var/lib/pacman/db.lck"  # exists while pacman runs (not an fcntl lock)
+DBPATH = "var/lib/pacman"
+LOCAL_DB = f"{DBPATH}/local"
+# pacman creates db.lck with O_EXCL for the whole transaction, hooks included, and removes it at
+# the end: its existence is the lock (no fcntl lock to ask about). A stale one after a crash
+# blocks pacman too, until someone removes it.
+LOCK = f"{DBPATH}/db.lck"
+CONFIG = "etc/pacman.conf"
+
+
+def _pacman_args(layout: Layout) -> list[str]:
+    """pacman pointed at the target root: its database and its own pacman.conf (or none, so
+    the host's settings never apply to another root). The built-in hook directory
+    (usr/share/libalpm/hooks) is taken inside --root by pacman itself."""
+    root = layout.root.absolute()
+    config = root / CONFIG
+    return [
+        "pacman",
+        "--root",
+        str(root),
+        "--dbpath",
+        str(root / DBPATH),
+        "--config",
+        str(config) if config.is_file() else os.devnull,
+        "--noconfirm",
+        "--noprogressbar",
+    ]
 
 
 def _sections(text: str) -> dict[str, list[str]]:
@@ -29,6 +57,11 @@ def _sections(text: str) -> dict[str, list[str]]:
 
 class Pacman(PackageFamily):
     name = "pacman"
+    format = "pacman"
+
+    @classmethod
+    def package_name(cls, release: str) -> str:
+        return pacman_package_name(release)
 
     @classmethod
     def present(cls, layout: Layout) -> bool:
@@ -41,7 +74,9 @@ class Pacman(PackageFamily):
 
     @classmethod
     def owner(cls, layout: Layout, inside_path: str) -> Owner | None:
-        wanted = {p.lstrip("/") for p in path_aliases(layout, inside_path)}
+        # A directory is listed with a trailing "/" (Arch's linux-headers ships build/ as one).
+        names = {p.strip("/") for p in path_aliases(layout, inside_path)}
+        wanted = names | {f"{name}/" for name in names}
         for entry in sorted((layout.root / LOCAL_DB).glob("*/files")):
             try:
                 files = _sections(entry.read_text(errors="replace")).get("FILES", [])
@@ -58,6 +93,26 @@ class Pacman(PackageFamily):
             if owner.package == package_name:
                 return owner.version
         return None
+
+    @classmethod
+    def emit(cls, layout: Layout, tree: Path, out_dir: Path) -> Path:
+        return build_pacman_package(layout, tree, out_dir)
+
+    @classmethod
+    def register(cls, layout: Layout, package: Path) -> None:
+        # --dbonly: the files are in place; pacman records the package without extracting or
+        # checking file conflicts. An upgrade from the previous generation forgets that
+        # generation's files without deleting them (the core's gc does), like rpm --justdb.
+        tool([*_pacman_args(layout), "--upgrade", "--dbonly", "--noscriptlet", package])
+
+    @classmethod
+    def unregister(cls, layout: Layout, release: str) -> None:
+        # Like dpkg -r and rpm -e, the package's files go with it. -dd: nothing may keep the
+        # record alive by depending on kernel-ikheaders-$KVER when the kernel itself is gone.
+        name = cls.package_name(release)
+        if cls.installed_version(layout, name) is None:
+            return
+        tool([*_pacman_args(layout), "--remove", "--nodeps", "--nodeps", "--noscriptlet", name])
 
     @classmethod
     def _describe(cls, entry: Path) -> Owner:

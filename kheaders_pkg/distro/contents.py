@@ -4,7 +4,6 @@ and a staging copy made of hard links (same filesystem) so that no 35 MB copy is
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import stat
@@ -13,9 +12,8 @@ from pathlib import Path, PurePosixPath
 
 from kheaders_pkg.archive.manifest import parse_manifest
 from kheaders_pkg.errors import KheadersError, PackagingError
+from kheaders_pkg.files import file_digests
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME
-
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -27,6 +25,7 @@ class TreeFile:
     size: int
     md5: str | None  # regular files only: Debian's md5sums wants it
     link_target: str | None
+    sha256: str | None = None  # regular files only: pacman's .MTREE wants it
 
 
 def _manifest_entries(tree: Path) -> dict[str, tuple[str, str]]:
@@ -42,15 +41,6 @@ def _manifest_entries(tree: Path) -> dict[str, tuple[str, str]]:
             raise PackagingError(f"{tree / MANIFEST_NAME}: {entry.path}: no hash or target")
         out[entry.path] = (entry.kind, value)
     return out
-
-
-def _digests(path: Path) -> tuple[str, str]:
-    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            sha.update(chunk)
-            md5.update(chunk)
-    return sha.hexdigest(), md5.hexdigest()
 
 
 def verified_files(tree: Path) -> tuple[TreeFile, ...]:
@@ -85,10 +75,10 @@ def verified_files(tree: Path) -> tuple[TreeFile, ...]:
                 raise PackagingError(f"{tree}: {path} differs from its manifest")
             files.append(TreeFile(path, True, 0, None, target))
         elif stat.S_ISREG(st.st_mode):
-            sha, md5 = _digests(host)
+            sha, md5 = file_digests(host, ("sha256", "md5"), "file of the tree", PackagingError)
             if kind != "f" or (value and sha != value):
                 raise PackagingError(f"{tree}: {path} differs from its manifest")
-            files.append(TreeFile(path, False, st.st_size, md5, None))
+            files.append(TreeFile(path, False, st.st_size, md5, None, sha))
         else:
             raise PackagingError(f"{tree}: {path} is neither a file nor a symlink")
     return tuple(files)
