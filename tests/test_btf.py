@@ -259,3 +259,26 @@ def test_core_program_using_task_struct_and_file_compiles_against_the_tree(
         ["bpftool", "btf", "dump", "file", str(obj)], capture_output=True, text=True, check=True
     ).stdout
     assert "STRUCT 'task_struct'" in types and "STRUCT 'file'" in types
+
+
+@pytest.mark.integration
+def test_emitted_deb_and_rpm_carry_vmlinux_h(tmp_path: Path) -> None:
+    kernel = corpus_kernel(KH_A)
+    kfs = copy_sysroot(kernel, tmp_path / "kfs")
+    root = tmp_path / "root"
+    env = {**os.environ, "HOME": str(tmp_path)}  # rpmbuild's macros and database: not ours
+    assert kheaders("--root", root, "--kernel-fs", kfs, "sync").returncode == 0
+    inside = os.readlink(root / "lib/modules" / kernel.release / "build")
+    listings = {}
+    for fmt, lister in (("deb", ["dpkg-deb", "--contents"]), ("rpm", ["rpm", "-qlp"])):
+        out = tmp_path / fmt
+        done = kheaders(
+            "--root", root, "--kernel-fs", kfs, "emit", "--format", fmt, "--out", out, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        (package,) = out.iterdir()
+        listings[fmt] = subprocess.run(
+            [*lister, str(package)], capture_output=True, text=True, check=True, env=env
+        ).stdout
+    assert f".{inside}/vmlinux.h" in listings["deb"]
+    assert f"{inside}/vmlinux.h\n" in listings["rpm"]
