@@ -174,6 +174,19 @@ def test_vmlinux_h_from_sysfs_and_from_the_image_are_identical(synced: Synced) -
 
 
 @pytest.mark.integration
+def test_tree_made_before_boot_from_the_installed_files_is_the_tree_made_after_boot(
+    synced: Synced,
+) -> None:
+    live = (synced.live / MANIFEST_NAME).read_text().splitlines()
+    installed = (synced.installed / MANIFEST_NAME).read_text().splitlines()
+    if not (synced.kernel.modules / "configs.ko").is_file():
+        # kh-*: no configs.ko or /boot/config on disk, so no .config before boot (by design).
+        config = {".config", "include/config/auto.conf"}
+        live = [line for line in live if line.split("\t")[3] not in config]
+    assert live == installed
+
+
+@pytest.mark.integration
 def test_kernel_without_btf_gets_a_tree_without_vmlinux_h_and_a_remark(tmp_path: Path) -> None:
     kernel = corpus_kernel(KH_A)
     kfs = copy_sysroot(kernel, tmp_path / "kfs")
