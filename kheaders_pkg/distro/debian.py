@@ -19,6 +19,7 @@ from kheaders_pkg.distro.identity import TreePackage, deb_package_name, tree_pac
 from kheaders_pkg.distro.queue import first_held
 from kheaders_pkg.distro.render import render
 from kheaders_pkg.errors import PackagingError
+from kheaders_pkg.kernel.machine import tree_arch
 from kheaders_pkg.layout import Layout
 
 ADMINDIR = "var/lib/dpkg"
@@ -43,10 +44,20 @@ def _dpkg_root_args(layout: Layout) -> list[str]:
     return args
 
 
-def architecture(layout: Layout) -> str:
-    """The target's native dpkg architecture: the first line of var/lib/dpkg/arch when dpkg wrote
-    it, else what the dpkg we run reports. Like Debian's own linux-headers packages, our package
-    takes the userland's architecture (an amd64 kernel on i386 userland ships i386 headers)."""
+def architecture(layout: Layout, tree: Path) -> str:
+    """The package's dpkg architecture: the kernel's (an x86 host preparing an arm64 root emits
+    arm64), unless the target's native architecture is a userland that runs this kernel. Like
+    Debian's own linux-headers packages, the package then takes the userland's architecture (an
+    amd64 kernel on an i386 userland ships i386 headers)."""
+    native = _native_architecture(layout)
+    kernel = tree_arch(tree)
+    if kernel is None or native in (kernel.deb, *kernel.compat_deb):
+        return native
+    return kernel.deb
+
+
+def _native_architecture(layout: Layout) -> str:
+    """The first line of var/lib/dpkg/arch when dpkg wrote it, else what the dpkg we run says."""
     arch_file = _admindir(layout) / "arch"
     try:
         lines = arch_file.read_text().split()
@@ -141,7 +152,7 @@ class Dpkg(PackageFamily):
     def emit(cls, layout: Layout, tree: Path, out_dir: Path) -> Path:
         tree = tree.absolute()
         package = tree_package(layout, tree)
-        arch = architecture(layout)
+        arch = architecture(layout, tree)
         files = verified_files(tree)
         directories = tree_directories(files) | _parents(package.inside_dir)
         out_dir = out_dir.absolute()
