@@ -195,6 +195,30 @@ def test_sync_kbuild_makes_a_tree_with_debians_module_symvers_and_kbuild_pieces(
     assert "kbuild: ready" in ready.cli("status").stdout
 
 
+def deb_provides(k: KbuildRoot, out: Path) -> list[str]:
+    """The Provides of the package `emit --format deb` makes of the published tree."""
+    emitted = k.cli("emit", "--format", "deb", "--out", str(out))
+    assert emitted.returncode == 0, emitted.stderr
+    [deb] = out.glob("*.deb")
+    field = subprocess.run(
+        ["dpkg-deb", "-f", str(deb), "Provides"], capture_output=True, text=True, check=True
+    )
+    return field.stdout.strip().split(", ")
+
+
+@pytest.mark.integration
+def test_only_a_tree_that_builds_modules_is_packaged_as_linux_headers(
+    ready: KbuildRoot, tmp_path: Path
+) -> None:
+    """dkms looks for linux-headers-$KVER; a headers-only tree never claims it (see the
+    self-check test for that side)."""
+    assert deb_provides(ready, tmp_path) == [
+        "kernel-ikheaders-6.1.0-56-amd64 (= 1.eb4fbcd037e7)",
+        "linux-headers-6.1.0-56-amd64",
+        "linux-headers",
+    ]
+
+
 @pytest.mark.integration
 def test_hello_module_built_against_the_tree_imports_debians_crcs(
     ready: KbuildRoot, debian_symvers: list[str], tmp_path: Path
@@ -246,6 +270,9 @@ def test_self_check_refuses_when_an_installed_module_imports_another_crc(
     assert not (tree / "Module.symvers").exists()
     assert not (tree / "Makefile").exists()
     assert "headers only" in k.cli("status").stdout
+    assert deb_provides(k, tmp_path / "out") == [
+        "kernel-ikheaders-6.1.0-56-amd64 (= 1.eb4fbcd037e7)"
+    ]
 
 
 @pytest.mark.integration

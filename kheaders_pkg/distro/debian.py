@@ -84,6 +84,7 @@ def _control(package: TreePackage, arch: str, installed_size: int) -> str:
         maintainer=MAINTAINER,
         installed_size=installed_size,
         provides=package.provides_name,
+        module_provides=package.deb_module_provides,
         release=package.release,
         generation=package.generation,
         id_kind=package.id_kind,

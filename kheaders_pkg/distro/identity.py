@@ -51,6 +51,9 @@ class TreePackage:
     id_kind: str  # "build id" or "archive sha256": what short_id was taken from
     inside_dir: str  # the tree's absolute path inside the target root
     stamp: Stamp
+    # The tree passed kbuild's self-check and holds every piece a module build needs (kbuild.py):
+    # only then may the package stand in for the distro's module-building headers.
+    builds_modules: bool = False
 
     @property
     def version(self) -> str:
@@ -69,6 +72,19 @@ class TreePackage:
         """The capability header consumers may depend on: honest, unlike linux-headers-$KVER or
         kernel-devel-uname-r, which promise a kbuild tree (Makefile, scripts/, Module.symvers)."""
         return "kernel-ikheaders-" + _DEB_NAME_BAD.sub("+", self.release.lower())
+
+    @property
+    def deb_module_provides(self) -> tuple[str, ...]:
+        """What dkms and module packages look for on Debian: the headers package of this release
+        (and the virtual `linux-headers` dkms recommends); nothing for a headers-only tree."""
+        if not self.builds_modules:
+            return ()
+        return (f"linux-headers-{_DEB_NAME_BAD.sub('+', self.release.lower())}", "linux-headers")
+
+    @property
+    def rpm_module_provides(self) -> tuple[str, ...]:
+        """What akmods and kmod packages require on Fedora: kernel-devel-uname-r = $KVER."""
+        return (f"kernel-devel-uname-r = {self.release}",) if self.builds_modules else ()
 
     @property
     def release_dir(self) -> str:
@@ -101,4 +117,12 @@ def tree_package(layout: Layout, tree: Path) -> TreePackage:
         id_kind=id_kind,
         inside_dir=inside,
         stamp=stamp,
+        builds_modules=_builds_modules(tree),
     )
+
+
+def _builds_modules(tree: Path) -> bool:
+    from kheaders_pkg.kbuild import read_record
+
+    record = read_record(tree)
+    return record is not None and record.ready

@@ -153,6 +153,7 @@ class Rpm(PackageFamily):
             release_dir=package.release_dir,
             inside_dir=package.inside_dir,
             provides=package.provides_name,
+            module_provides=package.rpm_module_provides,
             generation=package.generation,
             id_kind=package.id_kind,
             short_id=package.short_id,
