@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -45,6 +46,8 @@ _KERNEL_ARCHES = (
     ("CONFIG_LOONGARCH", "loong64"),
 )
 
+_AUTOCONF_DEFINE = re.compile(rb"^#define (CONFIG_\w+) 1$", re.MULTILINE)
+
 # mtree(5) keeps these bytes as they are in a path; anything else is written as \ooo (libarchive
 # reads octal escapes for any byte, so escaping more than needed is harmless).
 _MTREE_SAFE = frozenset(
@@ -65,7 +68,23 @@ def kernel_arch(config: bytes) -> str:
     for name, arch in _KERNEL_ARCHES:
         if options.get(name) == "y":
             return arch
-    raise PackagingError("the tree's .config names no architecture pacman packages exist for")
+    raise PackagingError("the tree's config names no architecture pacman packages exist for")
+
+
+def tree_kernel_arch(tree: Path) -> str:
+    """The architecture of a generated tree: its .config, else (a kernel whose config could not
+    be read, as for an image without configs.ko) the archive's own autoconf.h, where every `=y`
+    option is a `#define CONFIG_X 1` line."""
+    try:
+        return kernel_arch((tree / ".config").read_bytes())
+    except OSError:
+        pass
+    autoconf = tree / "include/generated/autoconf.h"
+    try:
+        defines = _AUTOCONF_DEFINE.findall(autoconf.read_bytes())
+    except OSError as e:
+        raise PackagingError(f"{tree}: no .config and no {autoconf.name} ({e.strerror})") from None
+    return kernel_arch(b"".join(name + b"=y\n" for name in defines))
 
 
 def mtree_escape(path: str) -> str:
@@ -142,10 +161,7 @@ def build_pacman_package(layout: Layout, tree: Path, out_dir: Path) -> Path:
     tree = tree.absolute()
     package = tree_package(layout, tree)
     files = verified_files(tree)
-    try:
-        arch = kernel_arch((tree / ".config").read_bytes())
-    except OSError as e:
-        raise PackagingError(f"{tree / '.config'}: cannot read ({e.strerror})") from None
+    arch = tree_kernel_arch(tree)
     name = _single_line("pkgname", pacman_package_name(package.release))
     version = _single_line("pkgver", f"{package.version}-{PKGREL}")
     inside = PurePosixPath(package.inside_dir.lstrip("/"))
