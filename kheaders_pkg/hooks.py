@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 import jinja2
 
 from kheaders_pkg.errors import FilesystemError, KheadersError, UsageError
+from kheaders_pkg.files import sha256_if_present
 from kheaders_pkg.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -305,13 +306,6 @@ def _make_parents(layout: Layout, inside: str) -> list[str]:
     return list(reversed(missing))
 
 
-def _sha256_of(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
 @dataclass(frozen=True)
 class HooksManifest:
     system: str
@@ -426,7 +420,7 @@ def _remove_recorded(layout: Layout, manifest: HooksManifest) -> tuple[list[Path
         path = layout.host(inside)
         if path.is_symlink() or not path.exists():
             continue
-        if _sha256_of(path) != digest:
+        if sha256_if_present(path, "hook file", FilesystemError) != digest:
             log.warning("%s changed since kheaders-pkg wrote it; left in place", path)
             kept.append(inside)
             continue

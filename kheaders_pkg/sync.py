@@ -11,19 +11,20 @@ from typing import TYPE_CHECKING
 
 from kheaders_pkg.config import Config, ForeignPolicy
 from kheaders_pkg.errors import (
+    ArchiveError,
     FilesystemError,
     KheadersError,
     QueuedError,
     UnsafePathError,
     UnsupportedError,
 )
+from kheaders_pkg.files import sha256_file
 from kheaders_pkg.kernel.identity import (
     ArchiveRef,
     KernelFacts,
     disk_facts,
     live_facts,
     require_archive,
-    sha256_file,
     with_archive,
     with_archive_file,
 )
@@ -110,7 +111,8 @@ def judge(
     # A module's archive is read (decompressed) only when it is extracted.
     if thorough and arch is not None and arch.source is not ArchiveSource.MODULE:
         if arch.path.exists():
-            facts = with_archive(facts, replace(arch, sha256=sha256_file(arch.path)))
+            digest = sha256_file(arch.path, "archive", ArchiveError)
+            facts = with_archive(facts, replace(arch, sha256=digest))
     return Judgement(facts, tree, decide(facts.identity, tree))
 
 

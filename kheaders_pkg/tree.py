@@ -7,7 +7,6 @@ a tree was built for (background.md 3); `verdict.decide()` compares it with the 
 from __future__ import annotations
 
 import enum
-import hashlib
 import mmap
 import os
 import re
@@ -15,7 +14,8 @@ import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kheaders_pkg.errors import KheadersError, UnsafePathError
+from kheaders_pkg.errors import FilesystemError, KheadersError, UnsafePathError
+from kheaders_pkg.files import read_if_present, sha256_if_present
 from kheaders_pkg.layout import Layout, LinkName, PublishMode, inside_path_of_link
 from kheaders_pkg.stamp import Stamp, StampError, has_stamp, read_stamp
 from kheaders_pkg.sysext import ExtensionState, extension_state
@@ -189,19 +189,7 @@ _UTS = re.compile(rb'^#define UTS_VERSION "(.*)"\s*$', re.MULTILINE)
 
 
 def _small(path: Path) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read(_SMALL)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
-
-
-def _sha256(path: Path) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
+    return read_if_present(path, _SMALL, "file of the tree", FilesystemError)
 
 
 def foreign_facts(tree: Path) -> ForeignFacts:
@@ -231,7 +219,7 @@ def foreign_facts(tree: Path) -> ForeignFacts:
         vmlinux_id=vmlinux_id,
         vmlinux_build_id=vmlinux_build_id,
         vmlinux_btf_sha256=vmlinux_btf,
-        config_sha256=_sha256(tree / ".config"),
+        config_sha256=sha256_if_present(tree / ".config", "file of the tree", FilesystemError),
         uts_version=uts,
         kernel_release=release_raw.decode("utf-8", "replace").strip() if release_raw else None,
         unreadable=tuple(unreadable),

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from kheaders_pkg.errors import KernelDataError, UnsupportedError
-from kheaders_pkg.kernel.identity import live_facts, require_archive, sha256_file
+from kheaders_pkg.files import sha256_file
+from kheaders_pkg.kernel.identity import live_facts, require_archive
 from kheaders_pkg.layout import Layout
 from kheaders_pkg.stamp import ArchiveSource, ConfigSource
 from tests.conftest import CorpusKernel, copy_sysroot, corpus_kernel
@@ -33,7 +34,7 @@ def test_live_identity_equals_expected(kernel: CorpusKernel) -> None:
         assert ident.archive is not None
         assert ident.archive.source is ArchiveSource.SYSFS
         assert ident.archive.size == exp["kheaders_tar_xz_size"]
-        assert sha256_file(ident.archive.path) == exp["kheaders_tar_xz_sha256"]
+        assert sha256_file(ident.archive.path, "archive") == exp["kheaders_tar_xz_sha256"]
 
 
 def test_missing_notes_falls_back_with_a_remark(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ render_manifest() would not write, so a damaged manifest is never half-trusted.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import stat
@@ -17,7 +16,8 @@ from pathlib import Path
 from typing import Literal
 
 from kheaders_pkg.archive.names import CONTROL, PLAIN_TEXT_PATH, check_components, show
-from kheaders_pkg.errors import ArchiveError, ManifestError
+from kheaders_pkg.errors import ArchiveError, FilesystemError, ManifestError
+from kheaders_pkg.files import sha256_file
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _SIZE_TEXT = re.compile(r"0|[1-9][0-9]{0,19}")
@@ -131,21 +131,10 @@ def verify_tree(tree: Path, entries: Iterable[Entry]) -> list[str]:
             problems.append(f"size: {e.path}: expected {e.size}, found {st.st_size}")
         else:
             try:
-                digest = _hash_file(where)
-            except OSError as err:
-                problems.append(f"unreadable: {e.path}: {err.strerror}")
+                digest = sha256_file(where, "file", FilesystemError, follow_symlinks=False)
+            except FilesystemError as err:
+                problems.append(f"unreadable: {e.path}: {err}")
                 continue
             if digest != e.sha256:
                 problems.append(f"hash: {e.path}: content differs")
     return problems
-
-
-def _hash_file(path: Path) -> str:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        h = hashlib.sha256()
-        while chunk := os.read(fd, 1 << 20):
-            h.update(chunk)
-        return h.hexdigest()
-    finally:
-        os.close(fd)

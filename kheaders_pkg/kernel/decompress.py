@@ -11,14 +11,13 @@ from __future__ import annotations
 import bz2
 import enum
 import lzma
-import shutil
-import subprocess
 import threading
 import zlib
 from dataclasses import dataclass
 from typing import IO, Protocol
 
 from kheaders_pkg.errors import KernelDataError
+from kheaders_pkg.run import spawn
 
 # No kernel file we read decompresses to anything near this (a vmlinux is 20-130 MiB, a module
 # rarely over 10 MiB); past it the input is hostile or not what we think it is.
@@ -245,37 +244,30 @@ def _zstd(data: bytes, limit: int, error: type[KernelDataError]) -> Decompressed
 
 def _run_zstd(frames: bytes, limit: int, error: type[KernelDataError]) -> bytes:
     """`zstd -d` from stdin to stdout, reading at most `limit` bytes before killing it."""
-    exe = shutil.which("zstd")
-    if exe is None:
-        raise error("zstd command not found; install zstd to read zstd-compressed kernel files")
     # --memory: allow the 128 MiB window of `zstd -22 --ultra` (the kernel's zstd22) and more.
-    argv = [exe, "-d", "-c", "-q", "--no-progress", "--memory=2048MB"]
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    argv = ["zstd", "-d", "-c", "-q", "--no-progress", "--memory=2048MB"]
     stderr = bytearray()
-    feeder = threading.Thread(target=_feed, args=(proc.stdin, frames), daemon=True)
-    drainer = threading.Thread(target=_drain, args=(proc.stderr, stderr), daemon=True)
-    feeder.start()
-    drainer.start()
     out = bytearray()
+    threads: list[threading.Thread] = []
     try:
-        while chunk := proc.stdout.read(_CHUNK):
-            out += chunk
-            if len(out) > limit:
-                raise error(f"zstd data decompresses to more than {limit} bytes")
-    except BaseException:
-        proc.kill()
-        raise
+        with spawn(argv, error=error) as proc:
+            assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+            threads = [
+                threading.Thread(target=_feed, args=(proc.stdin, frames), daemon=True),
+                threading.Thread(target=_drain, args=(proc.stderr, stderr), daemon=True),
+            ]
+            for thread in threads:
+                thread.start()
+            while chunk := proc.stdout.read(_CHUNK):
+                out += chunk
+                if len(out) > limit:
+                    raise error(f"zstd data decompresses to more than {limit} bytes")
     finally:
-        proc.stdout.close()
-        status = proc.wait()
-        feeder.join()
-        drainer.join()
-    if status != 0:
+        for thread in threads:
+            thread.join()
+    if proc.returncode != 0:
         message = bytes(stderr).decode(errors="replace").strip().splitlines()
-        reason = message[-1] if message else f"exit status {status}"
+        reason = message[-1] if message else f"exit status {proc.returncode}"
         raise error(f"zstd data is corrupt: {reason}")
     return bytes(out)
 

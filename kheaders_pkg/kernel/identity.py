@@ -6,12 +6,12 @@ the archive); the archive's digest is computed while `sync` streams it, never by
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kheaders_pkg.errors import KernelDataError, NotesError, UnsupportedError
+from kheaders_pkg.files import read_if_present, sha256_file
 from kheaders_pkg.kernel.btf import BtfRef, BtfSource
 from kheaders_pkg.kernel.kconfig import config_sha256, gunzip_config, looks_like_config, option
 from kheaders_pkg.kernel.notes import read_build_id
@@ -60,13 +60,7 @@ class KernelFacts:
 
 
 def _read_small(path: Path) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read(_SMALL)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise KernelDataError(f"{path}: cannot read ({e.strerror})") from None
+    return read_if_present(path, _SMALL, "kernel file", KernelDataError)
 
 
 def _text(path: Path) -> str | None:
@@ -77,14 +71,6 @@ def _text(path: Path) -> str | None:
         return raw.decode().strip("\n")
     except UnicodeDecodeError:
         raise KernelDataError(f"{path}: not UTF-8 text") from None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _ikheaders(config: bytes | None) -> str | None:
@@ -136,7 +122,7 @@ def live_facts(layout: Layout, *, want_btf: bool = False) -> KernelFacts:
 
     btf = None
     if want_btf and k.btf.exists():
-        btf = sha256_file(k.btf)
+        btf = sha256_file(k.btf, "kernel BTF", KernelDataError)
 
     identity = KernelIdentity(
         release=release,

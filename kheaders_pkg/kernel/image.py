@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kheaders_pkg.errors import ImageError, KernelDataError
+from kheaders_pkg.files import read_bounded
 from kheaders_pkg.kernel import arm64, pe
 from kheaders_pkg.kernel.decompress import MAX_OUTPUT, Compression, decompress, detect
 from kheaders_pkg.kernel.elf import ELF_MAGIC, ELFFile
@@ -175,13 +176,7 @@ def _image_of_gzip(data: bytes) -> bytes:
 
 def read_kernel_image(path: Path) -> KernelImage:
     """The kernel inside the image file at `path`, read with a size bound."""
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_IMAGE + 1)
-    except OSError as exc:
-        raise ImageError(f"cannot read kernel image {path}: {exc.strerror}") from None
-    if len(data) > MAX_IMAGE:
-        raise ImageError(f"kernel image {path} is larger than {MAX_IMAGE} bytes")
+    data = read_bounded(path, MAX_IMAGE, "kernel image", ImageError)
     try:
         return kernel_image(data)
     except ImageError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kheaders_pkg.errors import ELFError, KernelDataError
+from kheaders_pkg.files import read_bounded
 from kheaders_pkg.kernel.decompress import Compression, decompress, detect
 from kheaders_pkg.kernel.elf import ELF_MAGIC, ELFFile
 
@@ -42,13 +43,7 @@ def find_module(directory: Path, name: str) -> Path | None:
 
 def read_module(path: Path) -> bytes:
     """The module's ELF bytes: decompressed (told by magic, not by suffix), signature removed."""
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_MODULE + 1)
-    except OSError as exc:
-        raise KernelDataError(f"cannot read module {path}: {exc.strerror}") from None
-    if len(data) > MAX_MODULE:
-        raise KernelDataError(f"module {path} is larger than {MAX_MODULE} bytes")
+    data = read_bounded(path, MAX_MODULE, "module", KernelDataError)
     kind = detect(data)
     if kind in _MODULE_COMPRESSIONS:
         assert kind is not None
