@@ -43,6 +43,7 @@ exit codes:
  10  the configuration file is invalid
  11  emitting or registering a package failed
  12  the package manager is busy: the registration is queued for the next run
+ 13  verify: the published tree differs from its manifest (sync --verify replaces it)
  14  headers published, but not at /lib/modules/KVER/build (read-only root without
      systemd-sysext, or the merge failed): the line names the path and BCC_KERNEL_SOURCE
  15  kbuild: a module-building tree cannot be made (the line says why); headers-only tree kept
@@ -129,6 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also make the tree build modules (as `kbuild = true`; exit 15 if it cannot)",
     )
+
+    s.add_argument(
+        "--verify",
+        action="store_true",
+        help="also compare every file with the manifest; a damaged tree gets a new generation",
+    )
+
+    s = command("verify", help="compare the published tree with its manifest, file by file")
+    kernel_arg(s)
+    s.add_argument("--json", action="store_true", help="one JSON object")
 
     command("gc", help="remove generations nothing points to (keeps keep_generations)")
 
@@ -343,8 +354,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
         force=args.force,
         dry_run=args.dry_run,
         archive_file=args.archive,
+        verify=args.verify,
     )
     v = r.before.verdict
+    why = f"{v.kind}: {v.reason}"
+    if r.repaired is not None:  # sync --verify found the published tree damaged
+        why = f"damaged: {r.repaired.summary()}"
     if r.action is SyncAction.NOTHING:
         log.info("nothing to do: %s", v.reason)
         if not args.quiet:
@@ -364,7 +379,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 print(f"{after.kind}: {after.reason}")
         return int(after.exit_code) if after is not None and after.needs_sync else 0
     if not args.quiet:
-        print(f"regenerated {r.generation} ({v.kind}: {v.reason})")
+        print(f"regenerated {r.generation} ({why})")
         if after is not None:
             print(f"{after.kind}: {after.reason}")
     if after is not None and after.needs_sync:
@@ -389,6 +404,39 @@ def _after_sync_packaging(layout: Layout, config: Config, r: SyncResult) -> None
     from kheaders_pkg.distro import emit_and_register
 
     emit_and_register(layout, config, r.before.facts.identity.release, r.generation)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from kheaders_pkg.errors import TreeDamagedError
+    from kheaders_pkg.verify import published_generation, verify_generation
+
+    layout, _ = _layout_and_config(args)
+    release = args.kernel or _running_release(layout)
+    tree = published_generation(layout, release)
+    if tree is None:
+        print(f"{release}: no tree of ours is published (`status` says whose it is)")
+        return int(ExitCode.NEEDS_SYNC)
+    v = verify_generation(tree, release)
+    if not v.intact and published_generation(layout, release) != tree:
+        # A sync swapped in a new generation (and gc took the old one) while we read it.
+        tree = published_generation(layout, release) or tree
+        v = verify_generation(tree, release)
+    if args.json:
+        print(json.dumps(v.to_json(), indent=1))
+    elif v.intact and not args.quiet:
+        print(f"intact: {v.checked} files of {tree} match the manifest")
+    if not v.intact:
+        raise TreeDamagedError(f"{release}: {v.summary()}; `sync --verify` makes a new generation")
+    return 0
+
+
+def _running_release(layout: Layout) -> str:
+    from kheaders_pkg.errors import KernelDataError
+
+    try:
+        return layout.kernel.osrelease.read_text().strip()
+    except OSError as e:
+        raise KernelDataError(f"{layout.kernel.osrelease}: {e.strerror}") from None
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -464,6 +512,7 @@ COMMANDS = {
     "status": cmd_status,
     "check": cmd_check,
     "sync": cmd_sync,
+    "verify": cmd_verify,
     "gc": cmd_gc,
     "restore": cmd_restore,
     "remove": cmd_remove,

@@ -23,6 +23,7 @@ class ExitCode(enum.IntEnum):
     CONFIG = 10  # /etc/kheaders-pkg.toml is invalid
     PACKAGING = 11  # emitting or registering a package failed
     QUEUED = 12  # the package manager is busy: the registration is queued, not lost
+    DAMAGED = 13  # `verify`: the published tree differs from its generation's manifest
     ELSEWHERE = 14  # published, but not at /lib/modules/$KVER/build (read-only root, no sysext)
     KBUILD = 15  # a module-building (kbuild) tree cannot be made; the headers-only tree is kept
 
@@ -106,6 +107,12 @@ class ElsewhereError(KheadersError):
     settings that reach it."""
 
     exit_code = ExitCode.ELSEWHERE
+
+
+class TreeDamagedError(KheadersError):
+    """The published tree differs from its manifest: changed from outside since it was made."""
+
+    exit_code = ExitCode.DAMAGED
 
 
 class MissingPartError(UnsupportedError):

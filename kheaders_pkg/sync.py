@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +49,7 @@ from kheaders_pkg.verdict import EXTENSION_DIFFERS, Verdict, VerdictKind, decide
 if TYPE_CHECKING:
     from kheaders_pkg.kbuild import KbuildRecord
     from kheaders_pkg.regenerate import NewGeneration
+    from kheaders_pkg.verify import Verification
 
 log = logging.getLogger("kheaders-pkg")
 
@@ -150,6 +152,7 @@ class SyncResult:
     after: Verdict | None = None
     warnings: tuple[str, ...] = ()
     kbuild: KbuildRecord | None = None  # what the new tree holds for module builds, if asked
+    repaired: Verification | None = None  # sync --verify: the damage the new generation replaced
 
 
 def sync(
@@ -160,7 +163,10 @@ def sync(
     force: bool = False,
     dry_run: bool = False,
     archive_file: Path | None = None,
+    verify: bool = False,
 ) -> SyncResult:
+    """`verify` also compares our published tree with its manifest, file by file: a damaged one
+    is regenerated (sharing only intact files) even when its identity is fresh."""
     if dry_run:
         j = judge(layout, release, archive_file, thorough=True)
         needs = j.verdict.needs_sync or force
@@ -177,6 +183,8 @@ def sync(
         v = j.verdict
         if v.kind is VerdictKind.UNSUPPORTED:
             raise UnsupportedError(v.reason)
+        verified = _verify(j) if verify else None
+        damaged = verified is not None and not verified.intact
         divert = False
         if v.kind is VerdictKind.FOREIGN_STALE:
             if config.foreign is not ForeignPolicy.DIVERT:
@@ -189,13 +197,28 @@ def sync(
             divert = True
         elif (
             not v.needs_sync
+            and not damaged
             and not _kbuild_never_tried(config, j)
             and not (force and v.kind is not VerdictKind.FOREIGN_FRESH)
         ):
             return SyncResult(j, SyncAction.NOTHING, after=v)
-        if v.differs and set(v.differs) <= EXTENSION_DIFFERS and not force:
+        if v.differs and set(v.differs) <= EXTENSION_DIFFERS and not force and not damaged:
             return _relabel(layout, j, archive_file)
-        return _regenerate(layout, config, j, divert=divert, archive_file=archive_file)
+        return _regenerate(
+            layout, config, j, divert=divert, archive_file=archive_file, verified=verified
+        )
+
+
+def _verify(j: Judgement) -> Verification | None:
+    """Our published tree against its manifest; None when there is none of ours."""
+    if j.tree.kind is not TreeKind.OURS or j.tree.tree is None:
+        return None
+    from kheaders_pkg.verify import verify_generation
+
+    verified = verify_generation(j.tree.tree, j.tree.release)
+    if not verified.intact:
+        log.warning("%s: %s", j.tree.release, verified.summary())
+    return verified
 
 
 def _kbuild_never_tried(config: Config, j: Judgement) -> bool:
@@ -270,9 +293,16 @@ def _running_release(layout: Layout) -> str | None:
 
 
 def _regenerate(
-    layout: Layout, config: Config, j: Judgement, *, divert: bool, archive_file: Path | None
+    layout: Layout,
+    config: Config,
+    j: Judgement,
+    *,
+    divert: bool,
+    archive_file: Path | None,
+    verified: Verification | None = None,
 ) -> SyncResult:
     from kheaders_pkg.regenerate import build_generation
+    from kheaders_pkg.verify import intact_files
 
     ident = j.facts.identity
     archive = require_archive(ident)
@@ -281,14 +311,16 @@ def _regenerate(
     links_writable = _links_writable(layout, release)
     if not links_writable:
         _raise_if_fresh_generation(layout, j)
-    gen = build_generation(
-        layout,
-        j.facts,
-        archive,
-        previous=previous,
-        kbuild=config.kbuild,
-        kbuild_source=config.kbuild_source,
-    )
+    with intact_files(layout, verified) if verified is not None else nullcontext(previous) as src:
+        # Verified: share only the files that still match the manifest, never damaged inodes.
+        gen = build_generation(
+            layout,
+            j.facts,
+            archive,
+            previous=src,
+            kbuild=config.kbuild,
+            kbuild_source=config.kbuild_source,
+        )
     target = layout.generation_inside(release, gen.name)
     if layout.publish is PublishMode.SYSEXT or not links_writable:
         return _publish_elsewhere(layout, config, j, gen, target, archive_file)
@@ -320,7 +352,10 @@ def _regenerate(
     except OSError as e:
         log.warning("gc failed (%s); the next run retries", e.strerror)
     after = judge(layout, None if ident.running else release, archive_file).verdict
-    return SyncResult(j, SyncAction.REGENERATED, gen.path, after, gen.warnings, gen.kbuild)
+    repaired = verified if verified is not None and not verified.intact else None
+    return SyncResult(
+        j, SyncAction.REGENERATED, gen.path, after, gen.warnings, gen.kbuild, repaired
+    )
 
 
 def _links_writable(layout: Layout, release: str) -> bool:
