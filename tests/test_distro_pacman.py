@@ -40,9 +40,10 @@ from kheaders_pkg.distro import (
 )
 from kheaders_pkg.distro.arch import LOCK, Pacman
 from kheaders_pkg.distro.identity import package_version
-from kheaders_pkg.distro.pacman_package import kernel_arch, pacman_package_name
+from kheaders_pkg.distro.pacman_package import pacman_arch, pacman_package_name
 from kheaders_pkg.distro.queue import pending, queue_file
-from kheaders_pkg.errors import ExitCode, PackagingError, QueuedError
+from kheaders_pkg.errors import ExitCode, QueuedError
+from kheaders_pkg.kernel.machine import kernel_arch
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
 from kheaders_pkg.stamp import read_stamp
 from tests.conftest import KERNELS_WITH_ARCHIVE, REPO, CorpusKernel, corpus_kernel
@@ -233,15 +234,37 @@ def test_pacman_installs_verifies_and_removes_the_emitted_package(
     assert pacman_owner(root, "/usr") is None
 
 
-def test_package_architecture_is_the_kernels_not_the_machines() -> None:
-    assert kernel_arch(b"CONFIG_X86=y\nCONFIG_X86_64=y\nCONFIG_64BIT=y\n") == "x86_64"
-    assert kernel_arch(b"CONFIG_ARM64=y\nCONFIG_64BIT=y\n") == "aarch64"
-    assert kernel_arch(b"CONFIG_X86=y\nCONFIG_X86_32=y\n") == "i686"
-    arm64 = corpus_kernel("debian-6.1.0-56-arm64").path / "sysroot/boot"
-    configs = sorted(arm64.glob("config-*"))
-    assert configs and kernel_arch(configs[0].read_bytes()) == "aarch64"
-    with pytest.raises(PackagingError, match="no architecture"):
-        kernel_arch(b"CONFIG_S390=y\n")
+def test_pacman_names_each_kernel_architecture() -> None:
+    def name(config: bytes) -> str:
+        arch = kernel_arch(config)
+        assert arch is not None
+        return pacman_arch(arch)
+
+    assert name(b"CONFIG_X86=y\nCONFIG_X86_64=y\nCONFIG_64BIT=y\n") == "x86_64"
+    assert name(b"CONFIG_ARM64=y\nCONFIG_64BIT=y\n") == "aarch64"
+    assert name(b"CONFIG_X86=y\nCONFIG_X86_32=y\n") == "i686"
+    assert name(b"CONFIG_ARM=y\n") == "armv7h"  # Arch Linux ARM's name, not rpm's armv7hl
+
+
+def test_arm64_kernel_gives_an_aarch64_package_that_only_an_aarch64_root_takes(
+    tmp_path: Path,
+) -> None:
+    kernel = corpus_kernel("debian-6.1.0-56-arm64")
+    tree = make_tree(kernel, tmp_path / "tree")
+    package = emit_package(Layout(root=tmp_path / "tree"), tree, tmp_path / "out", "pacman")
+    assert package.name.endswith("-aarch64.pkg.tar.zst")  # built here, on x86_64
+    lines = run(["pacman", "-Qip", package]).stdout.splitlines()
+    assert "Architecture    : aarch64" in lines
+    for arch, accepted in (("x86_64", False), ("aarch64", True)):
+        root = arch_root(tmp_path / f"root-{arch}")
+        (root / "etc").mkdir()
+        (root / "etc/pacman.conf").write_text(f"[options]\nArchitecture = {arch}\n")
+        argv: list[str | Path] = ["pacman", "--root", root, "--dbpath", root / "var/lib/pacman"]
+        argv += ["--config", root / "etc/pacman.conf", "--noconfirm", "-U", package]
+        proc = run(argv, ok=False)
+        assert (proc.returncode == 0) is accepted, proc.stdout + proc.stderr
+        if not accepted:
+            assert "package architecture is not valid" in proc.stderr
 
 
 def test_versions_sort_by_generation_under_vercmp() -> None:
