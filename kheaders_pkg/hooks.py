@@ -120,6 +120,18 @@ HOOK_FILES: tuple[HookFile, ...] = (
     ),
     HookFile(
         frozenset({HookKind.SYSTEMD}),
+        "systemd/kheaders-pkg-verify.service.j2",
+        "/usr/lib/systemd/system/kheaders-pkg-verify.service",
+        template=True,
+    ),
+    HookFile(
+        frozenset({HookKind.SYSTEMD}),
+        "systemd/kheaders-pkg-verify.timer.j2",
+        "/usr/lib/systemd/system/kheaders-pkg-verify.timer",
+        template=True,
+    ),
+    HookFile(
+        frozenset({HookKind.SYSTEMD}),
         "systemd/kheaders-pkg-condition.j2",
         CONDITION,
         0o755,

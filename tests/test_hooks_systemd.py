@@ -11,7 +11,13 @@ import pytest
 
 from kheaders_pkg.hooks import HookSystem, find_data_dir, stage_hooks
 
-UNITS = ("kheaders-pkg.service", "kheaders-pkg@.service")
+UNITS = (
+    "kheaders-pkg.service",
+    "kheaders-pkg@.service",
+    "kheaders-pkg-verify.service",
+    "kheaders-pkg-verify.timer",
+)
+SERVICES = tuple(u for u in UNITS if u.endswith(".service"))
 
 
 @pytest.fixture
@@ -49,7 +55,22 @@ def test_boot_unit_keeps_what_the_job_needs(root: Path) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("unit", UNITS)
+def test_verify_timer_runs_sync_verify_weekly_at_a_random_time(root: Path) -> None:
+    units = root / "usr/lib/systemd/system"
+    timer = (units / "kheaders-pkg-verify.timer").read_text()
+    assert "OnCalendar=weekly\n" in timer and "RandomizedDelaySec=" in timer
+    assert "WantedBy=timers.target" in timer
+    service = (units / "kheaders-pkg-verify.service").read_text()
+    assert "ExecStart=/usr/bin/kheaders-pkg sync --verify\n" in service
+    # The next elapse is computed by systemd itself from the calendar spec.
+    result = subprocess.run(
+        ["systemd-analyze", "calendar", "weekly"], capture_output=True, text=True, check=True
+    )
+    assert "Next elapse:" in result.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("unit", SERVICES)
 def test_security_exposure_is_ok(root: Path, unit: str) -> None:
     path = root / "usr/lib/systemd/system" / unit
     result = subprocess.run(
