@@ -300,41 +300,36 @@ def recover_symvers(layout: Layout, facts: KernelFacts) -> RecoveredSymvers:
 
 
 def _vmlinux_exports(layout: Layout, facts: KernelFacts) -> tuple[Export, ...]:
-    from kheaders_pkg.errors import ImageError
     from kheaders_pkg.kernel.elf import ELFFile
-    from kheaders_pkg.kernel.image import MAX_IMAGE, vmlinux_of_bzimage
-    from kheaders_pkg.kernel.ksymtab import vmlinux_exports
-    from kheaders_pkg.kernel.notes import find_build_id
+    from kheaders_pkg.kernel.image import build_id_of, read_kernel_image
+    from kheaders_pkg.kernel.ksymtab import flat_image_exports, vmlinux_exports
 
     ident = facts.identity
     if ident.build_id is None:
         raise KbuildError(
             "the kernel has no GNU build id: its image cannot be shown to be the running build"
         )
-    image = next((p for p in layout.kernel_images(ident.release) if p.is_file()), None)
-    if image is None:
+    path = next((p for p in layout.kernel_images(ident.release) if p.is_file()), None)
+    if path is None:
         raise KbuildError(
             f"no kernel image for {ident.release} (/boot/vmlinuz-{ident.release}): "
             "exports cannot be recovered"
         )
     try:
-        with image.open("rb") as f:
-            data = f.read(MAX_IMAGE + 1)
-        elf = ELFFile(vmlinux_of_bzimage(data))
-        image_id = find_build_id(elf.notes())
+        image = read_kernel_image(path)
+        image_id = build_id_of(image)
         if image_id != ident.build_id:
             # Reading the live kernel's tables (/proc/kcore with /proc/kallsyms) is not done.
             raise KbuildError(
-                f"{image} is build {image_id}, the kernel is {ident.build_id}: the image on disk "
+                f"{path} is build {image_id}, the kernel is {ident.build_id}: the image on disk "
                 "is not the running build, so its exports cannot be used"
             )
-        return vmlinux_exports(elf)
-    except ImageError as e:
-        raise KbuildError(f"cannot read exports from {image}: {e}") from None
-    except KernelDataError as e:
-        raise KbuildError(f"cannot read exports from {image}: {e}") from None
-    except OSError as e:
-        raise KbuildError(f"cannot read {image}: {e.strerror}") from None
+        if image.is_elf:  # x86: the vmlinux ELF inside the bzImage, with its sections
+            return vmlinux_exports(ELFFile(image.kernel))
+        # arm64: a flat Image, no ELF; the tables are found by their structure.
+        return flat_image_exports(image.kernel, "little")
+    except KernelDataError as e:  # ImageError, ELFError, UnsupportedLayout
+        raise KbuildError(f"cannot read exports from {path}: {e}") from None
 
 
 # --- the tree -------------------------------------------------------------------------------

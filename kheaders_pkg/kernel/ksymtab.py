@@ -12,9 +12,11 @@ PC-relative relocations; its CRCs are literal.
 from __future__ import annotations
 
 import enum
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 from kheaders_pkg.errors import ELFError
 from kheaders_pkg.kernel.elf import ELFFile, ELFType, Section
@@ -253,3 +255,107 @@ def module_imports(elf: ELFFile) -> tuple[Import, ...]:
 def machine_name(elf: ELFFile) -> str:
     """x86_64 or arm64, for messages; UnsupportedLayout for anything else."""
     return _MACHINE_NAMES[_machine(elf)]
+
+
+# --- a kernel image without an ELF (arm64 `Image`) ----------------------------------------------
+
+# __ksymtab_strings: thousands of NUL-terminated identifiers, each name followed by its namespace
+# ("" for most: a second NUL). Possessive quantifiers keep the scan linear.
+_STRING_RUN = re.compile(rb"(?:[A-Za-z0-9_.]++\0\0?+){1000,}+")
+# The linker script (include/asm-generic/vmlinux.lds.h RO_DATA) places __ksymtab, __ksymtab_gpl,
+# __kcrctab, __kcrctab_gpl and __ksymtab_strings one after the other, all in the first few MiB
+# before the strings; the tables are 4-aligned.
+_TABLES_WINDOW = 8 * 1024 * 1024
+_STRINGS_ALIGN = 16
+_MIN_EXPORTS = 100
+
+
+@dataclass(frozen=True)
+class _Located:
+    first: int  # offset of the first __ksymtab entry
+    count: int  # entries of __ksymtab and __ksymtab_gpl together
+    split: int  # index of the first __ksymtab_gpl entry
+    crcs: int | None  # offset of __kcrctab (followed by __kcrctab_gpl), None without MODVERSIONS
+
+
+def flat_image_exports(image: bytes, byteorder: Literal["little", "big"]) -> tuple[Export, ...]:
+    """Every export of a kernel loaded as one flat image (arm64 `Image`), found by structure.
+
+    PREL32 offsets do not depend on where the image is loaded, so the tables read the same from
+    the file as from memory. The strings are found first; the tables are the run of 12-byte
+    entries before them whose names and namespaces all point into them, sorted by name within
+    each table; the CRCs, one u32 per entry, fill the gap between the tables and the strings.
+    """
+    order = "<" if byteorder == "little" else ">"
+    regions = sorted(
+        ((m.start(), m.end()) for m in _STRING_RUN.finditer(image)), key=lambda r: r[0] - r[1]
+    )
+    for start, end in regions:
+        found = _locate(image, order, start, end)
+        if found is not None:
+            return _read_located(image, order, found)
+    raise UnsupportedLayout(
+        "no __ksymtab of 12-byte PREL32 entries with one u32 CRC each before __ksymtab_strings "
+        "was found in the image (not the Linux >= 5.19 layout?)"
+    )
+
+
+def _locate(image: bytes, order: str, s0: int, s1: int) -> _Located | None:
+    hi = s0 & ~3
+    lo = max(0, hi - _TABLES_WINDOW)
+    ints = struct.unpack_from(f"{order}{(hi - lo) // 4}i", image, lo)
+    inside = [s0 <= lo + 4 * i + v < s1 for i, v in enumerate(ints)]
+    # The longest run of entries whose name and namespace fields both point into the strings
+    # (a namespace offset of 0 means none: the assembler's exports write it so).
+    best = (0, 0)
+    for phase in range(3):
+        run = None
+        for i in range(phase, len(inside) - 1, 3):
+            if inside[i] and (inside[i + 1] or ints[i + 1] == 0):
+                run = i if run is None else run
+                continue
+            if run is not None and i - run > best[1] - best[0]:
+                best = (run, i)
+            run = None
+        if run is not None and len(inside) - 1 - run > best[1] - best[0]:
+            best = (run, len(inside) - 1)
+    count = (best[1] - best[0]) // 3
+    if count < _MIN_EXPORTS:
+        return None
+    first = lo + 4 * best[0] - 4  # the value field precedes the name field
+    end = first + count * _ENTRY
+    gap = s0 - end
+    if 4 * count <= gap < 4 * count + _STRINGS_ALIGN:
+        crcs: int | None = end
+    elif 0 <= gap < _STRINGS_ALIGN:
+        crcs = None
+    else:
+        return None
+    names = [_flat_name(image, order, first + i * _ENTRY + 4) for i in range(count)]
+    descents = [i for i in range(1, count) if names[i] <= names[i - 1]]
+    if len(descents) > 1:
+        return None
+    split = descents[0] if descents else count
+    return _Located(first, count, split, crcs)
+
+
+def _flat_name(image: bytes, order: str, field: int) -> bytes:
+    (offset,) = struct.unpack_from(f"{order}i", image, field)
+    target = field + offset
+    return image[target : image.index(b"\0", target)]
+
+
+def _read_located(image: bytes, order: str, found: _Located) -> tuple[Export, ...]:
+    crcs: tuple[int, ...] | None = None
+    if found.crcs is not None:
+        crcs = struct.unpack_from(f"{order}{found.count}I", image, found.crcs)
+    exports = []
+    for i in range(found.count):
+        entry = found.first + i * _ENTRY
+        name = _flat_name(image, order, entry + 4).decode("ascii", "surrogateescape")
+        namespace = _flat_name(image, order, entry + 8).decode("ascii", "surrogateescape")
+        if struct.unpack_from(f"{order}i", image, entry + 8)[0] == 0:
+            namespace = ""
+        kind = ExportKind.PLAIN if i < found.split else ExportKind.GPL
+        exports.append(Export(name, None if crcs is None else crcs[i], kind, namespace))
+    return tuple(exports)
