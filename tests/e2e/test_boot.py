@@ -22,6 +22,7 @@ from tests.conftest import KERNELS, KERNELS_WITH_ARCHIVE, copy_sysroot
 
 from . import vm
 from .conftest import TOOL_LOADS_KHEADERS, Guest, GuestFactory
+from .kbuild_modules import WRONG_SYMBOL, prepare_kbuild_modules
 
 DEBIAN = tuple(k for k in KERNELS if k.startswith("debian-"))
 KH_A, KH_B = "kh-6.1.192-kh-a", "kh-6.1.192-kh-b"
@@ -132,9 +133,11 @@ class Chains:
             self._after(name, REBOOT)
             state = self.states[name]
             other = self.guest_factory(next(k for k in DEBIAN if k != name))
+            if name == BCC_KERNEL:
+                prepare_kbuild_modules(state, name, self.work / "kbuild")  # the kbuild test below
             tree = plant_other_build_tree(state, other, guest.release, self.work / f"plant-{name}")
             planted = shutil.copytree(tree, self.work / f"planted-{name}", symlinks=True)
-            scenarios = ["stale", "bcc"] if name == BCC_KERNEL else ["stale"]
+            scenarios = ["stale", "bcc", "kbuild"] if name == BCC_KERNEL else ["stale"]
         memory = 2048 if "bcc" in scenarios else 1024
         timeout = 480 if "bcc" in scenarios else 300
         boot = self._record(guest, state, guest.boot(state, scenarios, timeout, memory))
@@ -456,3 +459,23 @@ def test_bcc_in_guest_compiles_and_attaches_kprobe_with_synced_tree_only(chains:
     assert result["kheaders_unloaded"] == "1"
     assert result.rc("bcc_without_tree") != 0
     assert "compiled=1" not in result["bcc_without_tree.out"]
+
+
+# --- module builds: the kernel judges the kbuild tree (Debian 6.1, stale boot) ------------------
+
+
+@pytest.mark.vm
+def test_module_built_against_the_kbuild_tree_loads_and_a_wrong_crc_is_refused(
+    chains: Chains,
+) -> None:
+    """Built on the host before the boot against the tree `sync --kbuild` made for this kernel
+    (tests/e2e/kbuild_modules.py): the kernel refuses the build whose Module.symvers has one wrong
+    CRC, and loads the one built with the recovered Module.symvers (tests/test_kbuild.py)."""
+    result = chains.get(BCC_KERNEL, STALE).result
+    assert result["kbuild_loaded_before"] == "0"
+    assert result.rc("kbuild_wrong") != 0
+    dmesg = result["kbuild_dmesg"]
+    assert f"kh_hello: disagrees about version of symbol {WRONG_SYMBOL}" in dmesg
+    assert result.rc("kbuild_good") == 0, result["kbuild_good.err"]
+    assert result["kbuild_proc_modules"].startswith("kh_hello ")
+    assert f"kh_hello: loaded on {BCC_KERNEL.removeprefix('debian-')}" in dmesg
