@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import CorpusKernel, corpus_kernel
+
+if TYPE_CHECKING:
+    from .test_boot import Chains
 
 from . import vm
 
@@ -71,6 +75,14 @@ def guest_factory(tmp_path_factory: pytest.TempPathFactory) -> GuestFactory:
         return cache[name]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def chains(guest_factory: GuestFactory, tmp_path_factory: pytest.TempPathFactory) -> Chains:
+    """The boot chains of test_boot.py, shared by every e2e module (one boot serves many)."""
+    from .test_boot import Chains
+
+    return Chains(guest_factory, tmp_path_factory.mktemp("chains"))
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from tests.conftest import KERNELS, KERNELS_WITH_ARCHIVE, copy_sysroot
 
 from . import vm
 from .conftest import TOOL_LOADS_KHEADERS, Guest, GuestFactory
+from .core_object import prepare_core_object
 from .kbuild_modules import WRONG_SYMBOL, prepare_kbuild_modules
 
 DEBIAN = tuple(k for k in KERNELS if k.startswith("debian-"))
@@ -133,23 +134,20 @@ class Chains:
             self._after(name, REBOOT)
             state = self.states[name]
             other = self.guest_factory(next(k for k in DEBIAN if k != name))
-            if name == BCC_KERNEL:
+            if name == BCC_KERNEL:  # compiled against this kernel's tree before it is replaced
+                prepare_core_object(state, guest.release)
                 prepare_kbuild_modules(state, name, self.work / "kbuild")  # the kbuild test below
             tree = plant_other_build_tree(state, other, guest.release, self.work / f"plant-{name}")
             planted = shutil.copytree(tree, self.work / f"planted-{name}", symlinks=True)
-            scenarios = ["stale", "bcc", "kbuild"] if name == BCC_KERNEL else ["stale"]
+            consumers = ["bcc", "btf_consumers", "kbuild"]  # test_btf_consumers.py
+            scenarios = ["stale", *consumers] if name == BCC_KERNEL else ["stale"]
         memory = 2048 if "bcc" in scenarios else 1024
-        timeout = 480 if "bcc" in scenarios else 300
+        timeout = 720 if "bcc" in scenarios else 300
         boot = self._record(guest, state, guest.boot(state, scenarios, timeout, memory))
         boot.planted_copy = planted
         if boot.tree_has_sched_h:
             boot.tree_copy = copy_tree(state, guest.release, self.work / f"tree-{name}-stale")
         return boot
-
-
-@pytest.fixture(scope="session")
-def chains(guest_factory: GuestFactory, tmp_path_factory: pytest.TempPathFactory) -> Chains:
-    return Chains(guest_factory, tmp_path_factory.mktemp("chains"))
 
 
 # --- the harness itself -------------------------------------------------------------------------
