@@ -328,17 +328,31 @@ def _kbuild_record(j: Judgement) -> KbuildRecord | None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    if not args.condition:
+        return _check(args)
+    from kheaders_pkg.condition import condition_exit
+
+    # ExecCondition=: an error must not skip the unit quietly (condition.py). It is printed
+    # here (the journal keeps it) and decided like any other answer.
+    try:
+        code = _check(args)
+    except KheadersError as e:
+        print(f"kheaders-pkg: error: {e}", file=sys.stderr)
+        code = int(e.exit_code)
+    except Exception as e:  # a bug: sync runs and meets it where the unit fails visibly
+        print(f"kheaders-pkg: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        code = int(ExitCode.INTERNAL)
+    return condition_exit(code)
+
+
+def _check(args: argparse.Namespace) -> int:
     from kheaders_pkg.sync import judge
 
     layout, _ = _layout_and_config(args)
     j = judge(layout, args.kernel)
     if not args.quiet:
         print(f"{j.verdict.kind}: {j.verdict.reason}")
-    code = int(j.verdict.exit_code)
-    if args.condition:
-        # systemd ExecCondition=: 0 runs ExecStart, 1-254 skips it quietly (systemd.service(5)).
-        return 0 if j.verdict.needs_sync else 1
-    return code
+    return int(j.verdict.exit_code)
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -526,20 +540,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kheaders_pkg.log import setup
 
     args = build_parser().parse_args(argv)
-    setup(-1 if args.quiet else args.verbose)
+    # Errors go through the logger too: under systemd it marks them <3>, so the journal files the
+    # one line that says why a unit failed at PRIORITY=3, not as info.
+    log = setup(-1 if args.quiet else args.verbose)
     stdout = sys.stdout
     sys.stdout = cast(TextIO, _ReaderMayLeave(stdout))
     try:
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe is a traceback
     except KheadersError as e:
-        print(f"kheaders-pkg: error: {e}", file=sys.stderr)
+        log.error("%s", e)
         return int(e.exit_code)
     except ModuleNotFoundError as e:
         missing = missing_part(e)
         if missing is None or args.verbose > 1:
             return _internal_error(e, args.verbose)
-        print(f"kheaders-pkg: error: {missing}", file=sys.stderr)
+        log.error("%s", missing)
         return int(missing.exit_code)
     except BrokenPipeError:  # stderr's reader went away: end as SIGPIPE would, quietly
         return EXIT_BROKEN_PIPE

@@ -54,7 +54,7 @@ ARCHIVE_SOURCES = ("sysfs", "module", "file")  # stamp.ArchiveSource
 STAMP_ADDED = ("btf_sha256", "vmlinux_h")
 VMLINUX_H_STATES = ("made", "no-btf", "no-bpftool", "failed")  # kernel.btf.VmlinuxH
 EXIT_FRESH = 0  # errors.ExitCode.OK (verdict fresh)
-CONDITION_SKIP = 1  # cli.cmd_check: --condition exits 1 when no sync is needed
+CONDITION_SKIP = 1  # condition.SKIP: --condition exits 1 when no sync is needed
 NT_GNU_BUILD_ID = 3  # kernel.notes.NT_GNU_BUILD_ID
 
 # sha256 and JSON through their C accelerators: `hashlib` loads OpenSSL (~10 ms under load) and

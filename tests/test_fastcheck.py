@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kheaders_pkg import fastcheck, layout, stamp
+from kheaders_pkg import condition, fastcheck, layout, stamp
 from kheaders_pkg.cli import main as cli_main
 from kheaders_pkg.errors import ExitCode
 from kheaders_pkg.fastcheck import fast_check
@@ -383,6 +383,7 @@ def test_copied_facts_match_their_source_of_truth() -> None:
     assert fastcheck.ARCHIVE_SOURCES == tuple(str(s) for s in stamp.ArchiveSource)
     assert fastcheck.VMLINUX_H_STATES == tuple(str(s) for s in VmlinuxH)
     assert fastcheck.EXIT_FRESH == int(ExitCode.OK)
+    assert fastcheck.CONDITION_SKIP == condition.SKIP == condition.condition_exit(ExitCode.OK)
 
 
 def test_fast_path_imports_nothing_heavy(synced_root: Path) -> None:

@@ -87,18 +87,21 @@ def test_security_exposure_is_ok(root: Path, unit: str) -> None:
 @pytest.mark.integration
 @pytest.mark.parametrize(
     ("check_exit", "condition_exit"),
-    [(0, 1), (3, 0), (4, 1), (5, 1), (7, 0), (8, 0), (1, 0)],
+    # `check --condition` decides (0 run, 1 skip); anything else (usage 2, not found 127, a
+    # signal, 255) runs sync, where an error fails the unit visibly, never a quiet skip.
+    [(0, 0), (1, 1), (2, 0), (127, 0), (143, 0), (255, 0)],
 )
-def test_condition_maps_check_exit_codes(
+def test_condition_passes_on_check_condition_and_never_skips_on_the_unexpected(
     root: Path, tmp_path: Path, check_exit: int, condition_exit: int
 ) -> None:
     fake = tmp_path / "kheaders-pkg"
-    fake.write_text(f"#!/bin/sh\nexit {check_exit}\n")
+    fake.write_text(f'#!/bin/sh\necho "$@" >"{tmp_path}/args"\nexit {check_exit}\n')
     fake.chmod(0o755)
     env = {"PATH": "/usr/bin:/bin", "KHEADERS_PKG": str(fake), "KHEADERS_PKG_RUNDIR": str(tmp_path)}
     cond = root / "usr/lib/kheaders-pkg/kheaders-pkg-condition"
     result = subprocess.run([str(cond)], env=env, capture_output=True)
     assert result.returncode == condition_exit
+    assert (tmp_path / "args").read_text() == "check --condition\n"
 
 
 @pytest.mark.integration

@@ -1,0 +1,143 @@
+"""One boot policy (kheaders_pkg/condition.py), applied the same way by `check --condition` and by
+the installed ExecCondition= wrapper: skip only when sync has nothing to do; an error runs sync
+(which then fails the unit where `systemctl --failed` shows it), with the error line kept on
+stderr for the journal. One table of real states, run against both."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kheaders_pkg.condition import RUN, SKIP, condition_exit
+from kheaders_pkg.errors import ExitCode
+from kheaders_pkg.hooks import HookSystem, find_data_dir, stage_hooks
+from tests.conftest import copy_sysroot, corpus_kernel
+from tests.test_cli_installed import CONSOLE, run
+
+KH_A = corpus_kernel("kh-6.1.192-kh-a")
+KH_B = corpus_kernel("kh-6.1.192-kh-b")
+RELEASE = KH_A.release
+
+
+@pytest.fixture(scope="module")
+def synced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("condition") / "root"
+    root.mkdir()
+    p = run("--root", root, "--kernel-fs", KH_A.sysroot, "-q", "sync")
+    assert p.returncode == 0, p.stderr
+    return root
+
+
+def _fresh(synced: Path, work: Path) -> tuple[Path, Path]:
+    return synced, KH_A.sysroot
+
+
+def _missing(synced: Path, work: Path) -> tuple[Path, Path]:
+    (work / "root").mkdir()
+    return work / "root", KH_A.sysroot
+
+
+def _stale(synced: Path, work: Path) -> tuple[Path, Path]:
+    return synced, KH_B.sysroot  # same release, another build
+
+
+def _foreign_stale(synced: Path, work: Path) -> tuple[Path, Path]:
+    root = work / "root"
+    tree = root / "usr/src/kernels" / RELEASE
+    tree.mkdir(parents=True)
+    (tree / "vmlinux.id").write_text("00" * 20 + "\n")  # Fedora's kernel-devel names its build
+    modules = root / "lib/modules" / RELEASE
+    modules.mkdir(parents=True)
+    (modules / "build").symlink_to(f"/usr/src/kernels/{RELEASE}")
+    return root, KH_A.sysroot
+
+
+def _unsupported(synced: Path, work: Path) -> tuple[Path, Path]:
+    kfs = copy_sysroot(KH_A, work / "kfs")
+    (kfs / "sys/kernel/kheaders.tar.xz").unlink()
+    config = gzip.decompress((kfs / "proc/config.gz").read_bytes()).decode()
+    lines = [ln for ln in config.splitlines() if "CONFIG_IKHEADERS" not in ln]
+    lines.append("# CONFIG_IKHEADERS is not set")
+    (kfs / "proc/config.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    (work / "root").mkdir()
+    return work / "root", kfs
+
+
+def _bad_notes(synced: Path, work: Path) -> tuple[Path, Path]:
+    kfs = copy_sysroot(KH_A, work / "kfs")
+    (kfs / "sys/kernel/notes").write_bytes(b"\x04\x00\x00\x00\xff\xff")
+    return synced, kfs
+
+
+def _bad_config_file(synced: Path, work: Path) -> tuple[Path, Path]:
+    root = work / "root"
+    subprocess.run(["cp", "-a", str(synced), str(root)], check=True)
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc/kheaders-pkg.toml").write_text("no_such_key = 1\n")
+    return root, KH_A.sysroot
+
+
+# state -> (check's exit code, whether the line on stderr is an error the journal must keep)
+CASES: dict[str, tuple[Callable[[Path, Path], tuple[Path, Path]], ExitCode, bool]] = {
+    "fresh": (_fresh, ExitCode.OK, False),
+    "missing": (_missing, ExitCode.NEEDS_SYNC, False),
+    "stale": (_stale, ExitCode.NEEDS_SYNC, False),
+    "foreign-stale": (_foreign_stale, ExitCode.FOREIGN_STALE, False),
+    "unsupported": (_unsupported, ExitCode.UNSUPPORTED, False),
+    "unreadable kernel notes": (_bad_notes, ExitCode.BAD_KERNEL, True),
+    "invalid configuration": (_bad_config_file, ExitCode.CONFIG, True),
+}
+
+
+@pytest.fixture(scope="module")
+def wrapper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    staged = tmp_path_factory.mktemp("wrapper")
+    stage_hooks(staged, HookSystem.FEDORA, "/usr/bin/kheaders-pkg", find_data_dir())
+    return staged / "usr/lib/kheaders-pkg/kheaders-pkg-condition"
+
+
+def test_only_nothing_to_do_skips() -> None:
+    assert {c for c in ExitCode if condition_exit(c) == SKIP} == {
+        ExitCode.OK,
+        ExitCode.FOREIGN_STALE,
+        ExitCode.UNSUPPORTED,
+    }
+    assert condition_exit(ExitCode.NEEDS_SYNC) == RUN
+    assert condition_exit(ExitCode.INTERNAL) == RUN
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_check_condition_and_the_wrapper_decide_alike(
+    synced: Path, wrapper: Path, tmp_path: Path, case: str
+) -> None:
+    make, check_exit, is_error = CASES[case]
+    root, kfs = make(synced, tmp_path)
+    where = ("--root", root, "--kernel-fs", kfs)
+    plain = run(*where, "check")
+    assert plain.returncode == check_exit, plain.stdout + plain.stderr
+    expected = condition_exit(check_exit)
+
+    cond = run(*where, "check", "--condition")
+    assert cond.returncode == expected, cond.stderr
+    assert ("error:" in cond.stderr) is is_error, cond.stderr
+    assert "Traceback" not in cond.stderr
+
+    # The installed wrapper, calling the installed command for this root (no initramfs verdict).
+    shim = tmp_path / "kheaders-pkg"
+    shim.write_text(f'#!/bin/sh\nexec "{CONSOLE}" --root "{root}" --kernel-fs "{kfs}" "$@"\n')
+    shim.chmod(0o755)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "KHEADERS_PKG": str(shim),
+        "KHEADERS_PKG_RUNDIR": str(tmp_path / "run"),
+    }
+    by_wrapper = subprocess.run([str(wrapper)], env=env, capture_output=True, text=True)
+    assert by_wrapper.returncode == expected, by_wrapper.stderr
+    assert ("error:" in by_wrapper.stderr) is is_error
+    assert os.access(wrapper, os.X_OK)
