@@ -140,7 +140,8 @@ def arch_package(
 ) -> Path:
     """A plain Arch package (what makepkg would build from a PKGBUILD's package()): a tar of
     .PKGINFO and the files, zstd-compressed by bsdtar."""
-    top = work / f"{name}-pkg"
+    top = work / f"{name}-{version}-pkg"
+    work.mkdir(parents=True, exist_ok=True)
     for path, data in files.items():
         (top / path).parent.mkdir(parents=True, exist_ok=True)
         (top / path).write_bytes(data)
@@ -467,18 +468,18 @@ def _pacman_in_chroot_ready_root(root: Path, *args: str | Path) -> subprocess.Co
     )
 
 
-def arch_kernel_package(work: Path, kernel: CorpusKernel) -> Path:
+def arch_kernel_package(work: Path, kernel: CorpusKernel, version: str = "6.1.192.kh-1") -> Path:
     """An Arch-style kernel package: the image at usr/lib/modules/$KVER/vmlinuz (what Arch's
-    hooks trigger on) and kheaders.ko compressed with zstd, as Arch ships its modules."""
+    hooks trigger on) and kheaders.ko (configs.ko too, where the kernel has one) compressed with
+    zstd, as Arch ships its modules."""
     moddir = f"usr/lib/modules/{kernel.release}"
-    zst = work / "kheaders.ko.zst"
-    run(["zstd", "-q", "-f", "-o", zst, kernel.modules / "kheaders.ko"])
-    files = {
-        f"{moddir}/vmlinuz": kernel.vmlinuz.read_bytes(),
-        f"{moddir}/pkgbase": b"linux\n",
-        f"{moddir}/kernel/kernel/kheaders.ko.zst": zst.read_bytes(),
-    }
-    return arch_package(work, "linux", "6.1.192.kh-1", files)
+    files = {f"{moddir}/vmlinuz": kernel.vmlinuz.read_bytes(), f"{moddir}/pkgbase": b"linux\n"}
+    for module in ("kheaders.ko", "configs.ko"):
+        if (kernel.modules / module).is_file():
+            zst = work / f"{kernel.name}-{module}.zst"
+            run(["zstd", "-q", "-f", "-o", zst, kernel.modules / module])
+            files[f"{moddir}/kernel/kernel/{module}.zst"] = zst.read_bytes()
+    return arch_package(work / kernel.name, "linux", version, files)
 
 
 @pytest.fixture
@@ -539,3 +540,36 @@ def test_kernel_install_through_pacman_builds_a_tree_pacman_then_owns(
     left = pacman(root, "-Q", ok=False)
     assert (left.returncode, left.stdout) == (1, "")  # neither the kernel nor our package is left
     assert not (root / "usr/src/kheaders-pkg" / release).exists()
+
+
+@pytest.mark.slow
+def test_kernel_upgrade_through_pacman_swaps_the_trees(hooked_root: Path, tmp_path: Path) -> None:
+    """An upgrade to a new release: alpm counts the new vmlinuz as Install and the old one,
+    absent from the new package, as Remove, so both our hooks run in one transaction."""
+    root = hooked_root
+    old, new = corpus_kernel(HOOK_KERNEL), corpus_kernel("debian-6.1.0-56-amd64")
+    first = _pacman_in_chroot_ready_root(root, "-U", arch_kernel_package(tmp_path, old))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert cli(root, "sync", "--kernel", old.release).returncode == 0  # registers the old tree
+    old_tree = root / os.readlink(root / "usr/lib/modules" / old.release / "build").lstrip("/")
+
+    upgrade = arch_kernel_package(tmp_path, new, "6.1.192.kh-2")
+    upgraded = _pacman_in_chroot_ready_root(root, "-U", upgrade)
+    assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+    assert "Generating kernel headers" in upgraded.stdout
+    assert "Removing kernel headers" in upgraded.stdout
+    assert not old_tree.exists()
+    build = root / "usr/lib/modules" / new.release / "build"
+    new_tree = root / os.readlink(build).lstrip("/")
+    assert read_stamp(new_tree).build_id == new.expected["build_id"]
+    assert sorted(r.release for r in pending(Layout(root=root))) == sorted(
+        [old.release, new.release]
+    )
+
+    assert sorted(drain_queue(Layout(root=root))) == sorted([old.release, new.release])
+    installed = pacman(root, "-Q").stdout.splitlines()
+    name = pacman_package_name(new.release)
+    assert installed == [f"{name} {expected_version(new_tree)}-1", "linux 6.1.192.kh-2"]
+    assert pacman_owner(root, "/" + (new_tree / HEADER).relative_to(root).as_posix()) == (
+        f"{name} {expected_version(new_tree)}-1"
+    )
