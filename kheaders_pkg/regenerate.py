@@ -25,7 +25,13 @@ from kheaders_pkg import __version__
 from kheaders_pkg.archive.extract import ExtractResult, extract_archive
 from kheaders_pkg.archive.manifest import Entry, render_manifest
 from kheaders_pkg.errors import KheadersError, UnsupportedError
-from kheaders_pkg.kernel.btf import VMLINUX_H, VmlinuxH, make_vmlinux_h, vmlinux_h_remark
+from kheaders_pkg.kernel.btf import (
+    VMLINUX_H,
+    VmlinuxH,
+    link_unchanged_vmlinux_h,
+    make_vmlinux_h,
+    vmlinux_h_remark,
+)
 from kheaders_pkg.kernel.identity import ArchiveRef, KernelFacts
 from kheaders_pkg.kernel.kconfig import autoconf_disagreements, render_auto_conf
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
@@ -171,7 +177,8 @@ def build_generation(
             )
             extra.update(kb.files)
         for rel, data in extra.items():
-            write_new_file(staging, rel, data)
+            if rel != VMLINUX_H or not link_unchanged_vmlinux_h(previous, staging, data):
+                write_new_file(staging, rel, data)
         links = [] if kb is None else sorted(kb.links.items())
         for rel, target in links:
             os.symlink(target, staging / rel)

@@ -187,6 +187,21 @@ def test_tree_made_before_boot_from_the_installed_files_is_the_tree_made_after_b
 
 
 @pytest.mark.integration
+def test_resync_shares_an_unchanged_vmlinux_h_with_the_previous_generation(
+    tmp_path: Path,
+) -> None:
+    kernel = corpus_kernel(KH_A)
+    kfs = copy_sysroot(kernel, tmp_path / "kfs")
+    root = tmp_path / "root"
+    assert kheaders("--root", root, "--kernel-fs", kfs, "sync").returncode == 0
+    first = tree_of(root, kernel.release)
+    assert kheaders("--root", root, "--kernel-fs", kfs, "sync", "--force").returncode == 0
+    second = tree_of(root, kernel.release)
+    assert second != first
+    assert (second / "vmlinux.h").stat().st_ino == (first / "vmlinux.h").stat().st_ino
+
+
+@pytest.mark.integration
 def test_kernel_without_btf_gets_a_tree_without_vmlinux_h_and_a_remark(tmp_path: Path) -> None:
     kernel = corpus_kernel(KH_A)
     kfs = copy_sysroot(kernel, tmp_path / "kfs")

@@ -15,6 +15,7 @@ import enum
 import hashlib
 import os
 import shutil
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,6 +240,26 @@ def make_vmlinux_h(ref: BtfRef | None, scratch: Path) -> VmlinuxHResult:
     if not done.stdout.endswith(_TRAILER):
         return VmlinuxHResult(VmlinuxH.FAILED, digest, None, f"{BPFTOOL} output is truncated")
     return VmlinuxHResult(VmlinuxH.MADE, digest, done.stdout)
+
+
+def link_unchanged_vmlinux_h(previous: Path | None, staging: Path, data: bytes) -> bool:
+    """Hard-link the previous generation's vmlinux.h when it has the same bytes (a re-sync after
+    a header change keeps the kernel's BTF): published trees never change, so sharing the inode
+    is safe, as for the archive's unchanged files. False when it cannot: then write it."""
+    if previous is None:
+        return False
+    source = previous / VMLINUX_H
+    try:
+        st = os.lstat(source)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != len(data):
+            return False
+        with open(source, "rb") as f:
+            if f.read(len(data) + 1) != data:
+                return False
+        os.link(source, staging / VMLINUX_H, follow_symlinks=False)
+    except OSError:
+        return False
+    return True
 
 
 def vmlinux_h_remark(state: VmlinuxH | None, release: str) -> str | None:
