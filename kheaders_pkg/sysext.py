@@ -195,14 +195,19 @@ def is_live(layout: Layout) -> bool:
 
 def usr_writable(layout: Layout) -> bool:
     """False on ostree (it marks itself) and where /usr is a read-only mount (Flatcar, COS, a
-    merged systemd-sysext overlay). statvfs asks the mount; it writes nothing."""
+    merged systemd-sysext overlay). statvfs asks the mount; it writes nothing.
+
+    /usr/src is asked first: kheaders-pkg.service runs with ProtectSystem=strict, which makes /usr
+    a read-only bind mount and /usr/src (ReadWritePaths=) a writable one, where the tree goes."""
     if os.path.lexists(layout.host(OSTREE_BOOTED)):
         return False
-    try:
-        st = os.statvfs(layout.host("/usr"))
-    except FileNotFoundError:
-        return True  # a bare scratch root: /usr is created on the root's filesystem
-    return not st.f_flag & os.ST_RDONLY
+    for inside in ("/usr/src", "/usr"):
+        try:
+            st = os.statvfs(layout.host(inside))
+        except FileNotFoundError:
+            continue
+        return not st.f_flag & os.ST_RDONLY
+    return True  # a bare scratch root: /usr is created on the root's filesystem
 
 
 def sysext_binary(layout: Layout) -> str | None:
