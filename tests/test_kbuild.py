@@ -39,6 +39,7 @@ from kheaders_pkg.kernel.symvers import (
 )
 from tests.conftest import CorpusKernel, corpus_kernel
 from tests.kbuild_util import (
+    HELLO,
     HELLO_NAME,
     KBUILD_KERNEL,
     MODULE_DIRS,
@@ -340,3 +341,32 @@ def test_an_image_of_another_build_is_not_used(kernel: CorpusKernel, tmp_path: P
     r = k.cli("sync", "--kbuild")
     assert r.returncode == ExitCode.KBUILD
     assert "is not the running build, so its exports cannot be used" in r.stderr
+
+
+@pytest.mark.integration
+def test_dkms_builds_the_module_against_the_tree(
+    ready: KbuildRoot, debian_symvers: list[str], tmp_path: Path
+) -> None:
+    """`dkms build --kernelsourcedir` with the tree, as dkms does for a kernel: its trees kept
+    under tmp_path (--dkmstree, --sourcetree), nothing of the host's dkms state touched."""
+    source = tmp_path / "src" / f"{HELLO_NAME}-1.0"
+    shutil.copytree(HELLO, source)
+    (source / "dkms.conf").write_text(
+        f'PACKAGE_NAME="{HELLO_NAME}"\nPACKAGE_VERSION="1.0"\n'
+        f'BUILT_MODULE_NAME[0]="{HELLO_NAME}"\nDEST_MODULE_LOCATION[0]="/updates/dkms"\n'
+        'AUTOINSTALL="no"\n'
+    )
+    (tmp_path / "dkms").mkdir()
+    built = subprocess.run(
+        [
+            "dkms", "build", "-m", HELLO_NAME, "-v", "1.0", "-k", ready.release,
+            "--kernelsourcedir", str(ready.tree()),
+            "--dkmstree", str(tmp_path / "dkms"), "--sourcetree", str(tmp_path / "src"),
+        ],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    [ko] = (tmp_path / "dkms" / HELLO_NAME).rglob(f"{HELLO_NAME}.ko")
+    imports = module_imports(ELFFile(ko.read_bytes()))
+    debian = {f[1]: int(f[0], 16) for f in (ln.split("\t") for ln in debian_symvers)}
+    assert {i.name: i.crc for i in imports} == {i.name: debian[i.name] for i in imports}
