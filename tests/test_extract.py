@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import io
-import lzma
 import os
 import shutil
 import stat
 import subprocess
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from kheaders_pkg.archive.extract import ExtractResult, extract_archive
-from kheaders_pkg.archive.manifest import Entry, parse_manifest, render_manifest, verify_tree
-from kheaders_pkg.errors import ArchiveError, ExitCode, FilesystemError, ManifestError
+from kheaders_pkg.archive.manifest import parse_manifest, render_manifest, verify_tree
+from kheaders_pkg.errors import ArchiveError, FilesystemError
 from kheaders_pkg.layout import MANIFEST_NAME
+from tests.archive_util import archive, directory, extract_bytes, hardlink, regular, symlink
 from tests.conftest import KERNELS_WITH_ARCHIVE, CorpusKernel, corpus_kernel
 
 # The one header that differs between the two builds of 6.1.192-kh (corpus README).
@@ -91,11 +90,6 @@ def test_real_archives_hold_a_few_in_tree_symlinks(extracted: Extracted) -> None
     )
 
 
-def test_archive_digest_is_the_sha256_of_the_compressed_file(extracted: Extracted) -> None:
-    assert extracted.result.archive_sha256 == extracted.kernel.expected["kheaders_tar_xz_sha256"]
-    assert extracted.result.archive_size == extracted.kernel.archive.stat().st_size
-
-
 def test_result_entries_describe_the_extracted_tree(extracted: Extracted) -> None:
     result = extracted.result
     paths = [e.path for e in result.entries]
@@ -138,109 +132,6 @@ def test_manifest_round_trips_through_render_and_parse(extracted: Extracted) -> 
     text = render_manifest(extracted.result.entries)
     assert text.count("\n") == len(extracted.result.entries)
     assert parse_manifest(text) == extracted.result.entries
-
-
-def test_manifest_lines_have_the_documented_format() -> None:
-    entries = [
-        Entry("include/b.h", "l", 0, None, "a.h"),
-        Entry("include/a.h", "f", 3, "ab" * 32, None),
-    ]
-    assert render_manifest(entries) == (f"f\t{'ab' * 32}\t3\tinclude/a.h\nl\ta.h\t-\tinclude/b.h\n")
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        pytest.param(f"f\t{'a' * 64}\t1\tb\nf\t{'a' * 64}\t1\ta\n", id="unsorted"),
-        pytest.param(f"f\t{'a' * 64}\t1\ta\nf\t{'a' * 64}\t1\ta\n", id="repeated"),
-        pytest.param(f"f\t{'A' * 64}\t1\ta\n", id="uppercase-hash"),
-        pytest.param(f"f\t{'a' * 63}\t1\ta\n", id="short-hash"),
-        pytest.param(f"f\t{'a' * 64}\t01\ta\n", id="size-with-leading-zero"),
-        pytest.param(f"f\t{'a' * 64}\t-\ta\n", id="file-without-size"),
-        pytest.param("l\tx\t0\ta\n", id="link-with-size"),
-        pytest.param(f"f\t{'a' * 64}\t1\ta", id="unterminated"),
-        pytest.param(f"f\t{'a' * 64}\t1\n", id="three-fields"),
-        pytest.param(f"d\t{'a' * 64}\t1\ta\n", id="unknown-kind"),
-        pytest.param(f"f\t{'a' * 64}\t1\t../a\n", id="dotdot"),
-        pytest.param(f"f\t{'a' * 64}\t1\t/a\n", id="absolute"),
-        pytest.param(f"f\t{'a' * 64}\t1\ta\nf\t{'a' * 64}\t1\ta/b\n", id="under-a-file"),
-        pytest.param(
-            f"l\tx\t-\ta\nf\t{'a' * 64}\t1\ta-b\nf\t{'a' * 64}\t1\ta/c\n", id="under-link"
-        ),
-        pytest.param("l\t\t-\ta\n", id="link-without-target"),
-    ],
-)
-def test_parse_manifest_refuses_malformed_text(text: str) -> None:
-    with pytest.raises(ManifestError) as err:
-        parse_manifest(text)
-    assert "\n" not in str(err.value)
-    assert err.value.exit_code == ExitCode.FILESYSTEM
-
-
-def test_parse_manifest_of_nothing_is_empty() -> None:
-    assert parse_manifest("") == ()
-
-
-# -- verify_tree ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_tree(tmp_path: Path) -> tuple[Path, tuple[Entry, ...]]:
-    dest = _fresh_dir(tmp_path / "tree")
-    result = extract_archive(corpus_kernel("kh-6.1.192-kh-a").archive, dest)
-    return dest, result.entries
-
-
-def test_verify_tree_of_an_intact_tree_finds_nothing(
-    small_tree: tuple[Path, tuple[Entry, ...]],
-) -> None:
-    tree, entries = small_tree
-    assert verify_tree(tree, entries) == []
-
-
-def test_verify_tree_finds_a_removed_file(small_tree: tuple[Path, tuple[Entry, ...]]) -> None:
-    tree, entries = small_tree
-    (tree / "include/linux/kernel.h").unlink()
-    assert verify_tree(tree, entries) == ["missing: include/linux/kernel.h"]
-
-
-def test_verify_tree_finds_a_truncated_file(small_tree: tuple[Path, tuple[Entry, ...]]) -> None:
-    tree, entries = small_tree
-    path = tree / "include/linux/kernel.h"
-    os.truncate(path, path.stat().st_size // 2)
-    [problem] = verify_tree(tree, entries)
-    assert problem.startswith("size: include/linux/kernel.h")
-
-
-def test_verify_tree_finds_a_changed_byte(small_tree: tuple[Path, tuple[Entry, ...]]) -> None:
-    tree, entries = small_tree
-    path = tree / "include/linux/kernel.h"
-    data = bytearray(path.read_bytes())
-    data[100] ^= 0x01
-    path.write_bytes(bytes(data))
-    assert verify_tree(tree, entries) == ["hash: include/linux/kernel.h: content differs"]
-
-
-def test_verify_tree_finds_a_symlink_replaced_by_a_file(
-    small_tree: tuple[Path, tuple[Entry, ...]],
-) -> None:
-    tree, entries = small_tree
-    link = tree / "include/dt-bindings/input/linux-event-codes.h"
-    link.unlink()
-    link.write_text("x")
-    assert verify_tree(tree, entries) == [
-        "kind: include/dt-bindings/input/linux-event-codes.h: expected a symlink"
-    ]
-
-
-def test_verify_tree_finds_a_file_replaced_by_a_symlink(
-    small_tree: tuple[Path, tuple[Entry, ...]],
-) -> None:
-    tree, entries = small_tree
-    path = tree / "include/linux/kernel.h"
-    path.unlink()
-    path.symlink_to("types.h")
-    assert verify_tree(tree, entries) == ["kind: include/linux/kernel.h: expected a regular file"]
 
 
 # -- reuse of the previous tree ------------------------------------------------------------
@@ -317,54 +208,19 @@ def test_reuse_is_skipped_when_the_previous_manifest_is_unusable(
 # -- small archives: normalisation and the legal corners of tar ----------------------------
 
 
-def _archive(
-    members: list[tuple[tarfile.TarInfo, bytes | None]], fmt: int = tarfile.GNU_FORMAT
-) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return lzma.compress(buf.getvalue(), format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64)
-
-
-def _file(
-    name: str, data: bytes = b"x", mode: int = 0o644, mtime: int = 1_700_000_000
-) -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), mode, mtime
-    return info, data
-
-
-def _dir(name: str, mode: int = 0o755) -> tuple[tarfile.TarInfo, None]:
-    info = tarfile.TarInfo(name)
-    info.type, info.mode, info.mtime = tarfile.DIRTYPE, mode, 1_600_000_000
-    return info, None
-
-
-def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tuple[tarfile.TarInfo, None]:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname, info.mode = kind, target, 0o777
-    return info, None
-
-
-def _extract_bytes(data: bytes, tmp_path: Path) -> tuple[Path, ExtractResult]:
-    dest = _fresh_dir(tmp_path / "dest")
-    return dest, extract_archive(io.BytesIO(data), dest)
-
-
 def test_modes_are_normalised_to_0644_0755_whatever_the_umask(tmp_path: Path) -> None:
-    data = _archive(
+    data = archive(
         [
-            _dir("./"),
-            _dir("./include/", 0o700),
-            _file("./include/exec.sh", mode=0o700),
-            _file("./include/group-x.h", mode=0o610),
-            _file("./include/private.h", mode=0o600),
+            directory("./"),
+            directory("./include/", 0o700),
+            regular("./include/exec.sh", mode=0o700),
+            regular("./include/group-x.h", mode=0o610),
+            regular("./include/private.h", mode=0o600),
         ]
     )
     old = os.umask(0o077)
     try:
-        dest, _ = _extract_bytes(data, tmp_path)
+        dest, _ = extract_bytes(data, tmp_path)
     finally:
         os.umask(old)
     assert stat.S_IMODE((dest / "include").stat().st_mode) == 0o755
@@ -374,60 +230,35 @@ def test_modes_are_normalised_to_0644_0755_whatever_the_umask(tmp_path: Path) ->
 
 
 def test_archive_mtimes_are_kept_on_files_directories_and_links(tmp_path: Path) -> None:
-    link = _link("include/l.h", "a.h")
-    link[0].mtime = 1_500_000_000
-    dest, _ = _extract_bytes(_archive([_dir("include/"), _file("include/a.h"), link]), tmp_path)
+    members = [
+        directory("include/", mtime=1_600_000_000),
+        regular("include/a.h"),
+        symlink("include/l.h", "a.h", mtime=1_500_000_000),
+    ]
+    dest, _ = extract_bytes(archive(members), tmp_path)
     assert (dest / "include/a.h").stat().st_mtime == 1_700_000_000
     assert (dest / "include").stat().st_mtime == 1_600_000_000
     assert (dest / "include/l.h").lstat().st_mtime == 1_500_000_000
 
 
 def test_missing_parent_directories_are_created(tmp_path: Path) -> None:
-    dest, result = _extract_bytes(_archive([_file("include/linux/deep/a.h", b"abc")]), tmp_path)
+    dest, result = extract_bytes(archive([regular("include/linux/deep/a.h", b"abc")]), tmp_path)
     assert (dest / "include/linux/deep/a.h").read_bytes() == b"abc"
     assert result.directories == 3
     assert stat.S_IMODE((dest / "include/linux").stat().st_mode) == 0o755
 
 
 def test_hard_link_to_an_earlier_file_shares_its_inode(tmp_path: Path) -> None:
-    members = [_file("include/a.h", b"same"), _link("include/b.h", "include/a.h", tarfile.LNKTYPE)]
-    dest, result = _extract_bytes(_archive(members), tmp_path)
+    members = [regular("include/a.h", b"same"), hardlink("include/b.h", "include/a.h")]
+    dest, result = extract_bytes(archive(members), tmp_path)
     assert (dest / "include/a.h").stat().st_ino == (dest / "include/b.h").stat().st_ino
     assert [e.path for e in result.entries] == ["include/a.h", "include/b.h"]
     assert result.entries[0].sha256 == result.entries[1].sha256
 
 
-@pytest.mark.parametrize(
-    "fmt",
-    [
-        pytest.param(tarfile.GNU_FORMAT, id="gnu"),
-        pytest.param(tarfile.PAX_FORMAT, id="pax"),
-        pytest.param(tarfile.USTAR_FORMAT, id="ustar-prefix"),
-    ],
-)
-def test_long_names_are_accepted_in_every_tar_format(tmp_path: Path, fmt: int) -> None:
-    name = "include/" + "d" * 90 + "/" + "f" * 60 + ".h"
-    # ustar has no room for a link target over 100 bytes; the others do.
-    long = fmt != tarfile.USTAR_FORMAT
-    target = "../" + "t" * (90 if long else 10) + "/" + "u" * (60 if long else 10) + ".h"
-    dest, result = _extract_bytes(
-        _archive([_file(name, b"long"), _link(name + "l", target)], fmt), tmp_path
-    )
-    assert (dest / name).read_bytes() == b"long"
-    assert os.readlink(dest / (name + "l")) == target
-    assert len(result.entries) == 2
-
-
-def test_a_pax_mtime_with_a_fraction_is_kept_to_the_nanosecond(tmp_path: Path) -> None:
-    info, data = _file("include/a.h")
-    info.pax_headers = {"mtime": "1700000000.123456789"}
-    dest, _ = _extract_bytes(_archive([(info, data)], tarfile.PAX_FORMAT), tmp_path)
-    assert (dest / "include/a.h").stat().st_mtime_ns == 1_700_000_000_123_456_789
-
-
 def test_a_member_larger_than_the_read_chunks_is_written_whole(tmp_path: Path) -> None:
     data = os.urandom(3 << 20)
-    dest, result = _extract_bytes(_archive([_file("include/big.h", data)]), tmp_path)
+    dest, result = extract_bytes(archive([regular("include/big.h", data)]), tmp_path)
     assert (dest / "include/big.h").read_bytes() == data
     assert result.entries[0].sha256 == hashlib.sha256(data).hexdigest()
 

@@ -4,12 +4,9 @@ is created or changed."""
 from __future__ import annotations
 
 import io
-import lzma
 import os
 import struct
-import subprocess
 import tarfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,72 +15,40 @@ import pytest
 
 from kheaders_pkg.archive.extract import DEFAULT_LIMITS, Limits, extract_archive
 from kheaders_pkg.errors import ArchiveError, ExitCode
+from tests.archive_util import (
+    MTIME,
+    Member,
+    as_multi_block,
+    directory,
+    hardlink,
+    pax,
+    regular,
+    special,
+    symlink,
+    tar_bytes,
+    xz,
+    zeros_bomb,
+)
 from tests.conftest import corpus_kernel
-
-Member = tuple[tarfile.TarInfo, bytes | None]
-MTIME = 1_700_000_000
-
-
-def _file(name: str, data: bytes = b"x", mode: int = 0o644) -> Member:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), mode, MTIME
-    return info, data
-
-
-def _special(name: str, kind: bytes, mode: int = 0o644, link: str = "") -> Member:
-    info = tarfile.TarInfo(name)
-    info.type, info.mode, info.mtime, info.linkname = kind, mode, MTIME, link
-    return info, None
-
-
-def _dir(name: str, mode: int = 0o755) -> Member:
-    return _special(name, tarfile.DIRTYPE, mode)
-
-
-def _symlink(name: str, target: str) -> Member:
-    return _special(name, tarfile.SYMTYPE, 0o777, target)
-
-
-def _hardlink(name: str, target: str) -> Member:
-    return _special(name, tarfile.LNKTYPE, 0o644, target)
-
-
-def _pax(member: Member, **headers: str) -> Member:
-    member[0].pax_headers = dict(headers)
-    return member
-
 
 # Every hostile archive starts like a real one, so that only the planted member is wrong.
 PREAMBLE: list[Member] = [
-    _dir("./"),
-    _dir("./include/"),
-    _dir("./include/linux/"),
-    _file("./include/linux/types.h", b"#define X 1\n"),
+    directory("./"),
+    directory("./include/"),
+    directory("./include/linux/"),
+    regular("./include/linux/types.h", b"#define X 1\n"),
 ]
 
 
 def _tar(
     members: list[Member], fmt: int = tarfile.GNU_FORMAT, preamble: bool = True, end: bool = True
 ) -> bytes:
-    """The tar bytes; without `end`, no end-of-archive blocks (to append raw members)."""
-    buf = io.BytesIO()
-    tar = tarfile.open(
-        fileobj=buf, mode="w", format=fmt, encoding="utf-8", errors="surrogateescape"
-    )
-    for info, data in (PREAMBLE if preamble else []) + members:
-        tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    if not end:
-        return buf.getvalue()[: tar.offset]
-    tar.close()
-    return buf.getvalue()
-
-
-def _xz(data: bytes) -> bytes:
-    return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64)
+    """The tar bytes after the preamble; without `end`, no end-of-archive blocks."""
+    return tar_bytes((PREAMBLE if preamble else []) + members, fmt, end)
 
 
 def _archive(members: list[Member], fmt: int = tarfile.GNU_FORMAT) -> bytes:
-    return _xz(_tar(members, fmt))
+    return xz(_tar(members, fmt))
 
 
 def _raw_header(name: bytes, typeflag: bytes, size: int = 0, mode: int = 0o644) -> bytes:
@@ -104,7 +69,7 @@ def _raw_header(name: bytes, typeflag: bytes, size: int = 0, mode: int = 0o644) 
 
 def _with_raw(member: bytes, data: bytes = b"") -> bytes:
     body = member + data + bytes(-len(data) % 512)
-    return _xz(_preamble_tar() + body + bytes(10240))
+    return xz(_preamble_tar() + body + bytes(10240))
 
 
 def _xz_check_offset(data: bytes) -> int:
@@ -112,52 +77,6 @@ def _xz_check_offset(data: bytes) -> int:
     backward: int = struct.unpack("<I", data[-8:-4])[0]
     index_start = len(data) - 12 - (backward + 1) * 4
     return index_start - 8  # CRC64
-
-
-def _lzma2(data: bytes) -> bytes:
-    """Raw LZMA2 chunks for `data`, without the end marker; such runs can be concatenated
-    (each starts with a dictionary reset)."""
-    raw = lzma.compress(data, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}])
-    assert raw[-1] == 0
-    return raw[:-1]
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _zeros_bomb(head: bytes, zeros: int, tail: bytes = b"") -> bytes:
-    """An xz stream of `head` + `zeros` zero bytes + `tail`, a few hundred KB for gigabytes: one
-    compressed MiB of zeros repeated. No integrity check (it would need a pass over it all)."""
-    mib = _lzma2(bytes(1 << 20))
-    assert zeros % (1 << 20) == 0
-    body = _lzma2(head) + mib * (zeros >> 20) + (_lzma2(tail) if tail else b"") + b"\0"
-    # Block header: size byte, flags (1 filter), LZMA2 filter id 0x21, 1 property byte, the
-    # dictionary size (8 MiB), padding, CRC32.
-    # Block header: size ((8 + 4) / 4 - 1), flags (one filter, no sizes), LZMA2 (0x21) with one
-    # property byte (0x16: 8 MiB dictionary), padding to 8 bytes, then its CRC32.
-    header = bytes([0x02, 0x00, 0x21, 0x01, 0x16, 0x00, 0x00, 0x00])
-    header += struct.pack("<I", zlib.crc32(header))
-    flags = b"\x00\x00"  # check: none
-    stream_header = b"\xfd7zXZ\x00" + flags + struct.pack("<I", zlib.crc32(flags))
-    block = header + body + bytes(-len(body) % 4)
-    unpadded = len(header) + len(body)
-    index = b"\x00\x01" + _varint(unpadded) + _varint(len(head) + zeros + len(tail))
-    index += bytes(-len(index) % 4)
-    index += struct.pack("<I", zlib.crc32(index))
-    backward = struct.pack("<I", len(index) // 4 - 1) + flags
-    footer = struct.pack("<I", zlib.crc32(backward)) + backward + b"YZ"
-    return stream_header + block + index + footer
-
-
-def test_the_zeros_bomb_builder_makes_valid_xz() -> None:
-    data = _zeros_bomb(b"head", 2 << 20, b"tail")
-    assert lzma.decompress(data) == b"head" + bytes(2 << 20) + b"tail"
 
 
 def _preamble_tar() -> bytes:
@@ -195,142 +114,142 @@ def _612_flip_block1_data(_: Path) -> bytes:
 
 
 CASES = [
-    Case("absolute-path", lambda t: _archive([_file(str(t / "abs-evil"))]), "absolute path"),
-    Case("dotdot-first", lambda t: _archive([_file("../evil")]), "'..' component"),
-    Case("dotdot-inside", lambda t: _archive([_file("./include/../../evil")]), "'..' component"),
+    Case("absolute-path", lambda t: _archive([regular(str(t / "abs-evil"))]), "absolute path"),
+    Case("dotdot-first", lambda t: _archive([regular("../evil")]), "'..' component"),
+    Case("dotdot-inside", lambda t: _archive([regular("./include/../../evil")]), "'..' component"),
     Case(
         "symlink-escapes",
-        lambda t: _archive([_symlink("./include/esc", "../../outside")]),
+        lambda t: _archive([symlink("./include/esc", "../../outside")]),
         "escapes the tree",
     ),
     Case(
         "symlink-escapes-then-write-through",
-        lambda t: _archive([_symlink("./include/esc", "../.."), _file("./include/esc/evil")]),
+        lambda t: _archive([symlink("./include/esc", "../.."), regular("./include/esc/evil")]),
         "escapes the tree",
     ),
     Case(
         "write-through-an-inside-symlink",
-        lambda t: _archive([_symlink("./include/lnk", "linux"), _file("./include/lnk/evil.h")]),
+        lambda t: _archive([symlink("./include/lnk", "linux"), regular("./include/lnk/evil.h")]),
         "is a symlink, not a directory",
     ),
     Case(
         "symlink-absolute",
-        lambda t: _archive([_symlink("./include/abs", str(t / "outside"))]),
+        lambda t: _archive([symlink("./include/abs", str(t / "outside"))]),
         "absolute target",
     ),
     Case(
         "symlink-dotdot-after-a-name",
-        lambda t: _archive([_symlink("./include/linux/x", "../linux/../../..")]),
+        lambda t: _archive([symlink("./include/linux/x", "../linux/../../..")]),
         "'..' after a name",
     ),
     Case(
         "hardlink-outside",
-        lambda t: _archive([_hardlink("./include/h", "../outside/canary")]),
+        lambda t: _archive([hardlink("./include/h", "../outside/canary")]),
         "'..' component",
     ),
     Case(
         "hardlink-absolute",
-        lambda t: _archive([_hardlink("./include/h", str(t / "canary"))]),
+        lambda t: _archive([hardlink("./include/h", str(t / "canary"))]),
         "absolute path",
     ),
     Case(
         "hardlink-to-a-symlink",
-        lambda t: _archive(
-            [_symlink("./include/s", "linux"), _hardlink("./include/h", "include/s")]
-        ),
+        lambda t: _archive([symlink("./include/s", "linux"), hardlink("./include/h", "include/s")]),
         "not an earlier regular file",
     ),
     Case(
         "hardlink-to-a-later-member",
-        lambda t: _archive([_hardlink("./include/h", "include/later.h"), _file("include/later.h")]),
+        lambda t: _archive(
+            [hardlink("./include/h", "include/later.h"), regular("include/later.h")]
+        ),
         "not an earlier regular file",
     ),
+    Case("char-device", lambda t: _archive([special("./include/c", tarfile.CHRTYPE)]), "character"),
+    Case("block-device", lambda t: _archive([special("./include/b", tarfile.BLKTYPE)]), "block"),
+    Case("fifo", lambda t: _archive([special("./include/f", tarfile.FIFOTYPE)]), "fifo"),
+    Case("setuid", lambda t: _archive([regular("./include/s.h", mode=0o4755)]), "setuid"),
+    Case("setgid", lambda t: _archive([regular("./include/s.h", mode=0o2755)]), "setgid"),
+    Case("sticky-dir", lambda t: _archive([directory("./include/tmp/", 0o1755)]), "sticky"),
     Case(
-        "char-device", lambda t: _archive([_special("./include/c", tarfile.CHRTYPE)]), "character"
+        "world-writable-file", lambda t: _archive([regular("./include/w.h", mode=0o666)]), "world"
     ),
-    Case("block-device", lambda t: _archive([_special("./include/b", tarfile.BLKTYPE)]), "block"),
-    Case("fifo", lambda t: _archive([_special("./include/f", tarfile.FIFOTYPE)]), "fifo"),
-    Case("setuid", lambda t: _archive([_file("./include/s.h", mode=0o4755)]), "setuid"),
-    Case("setgid", lambda t: _archive([_file("./include/s.h", mode=0o2755)]), "setgid"),
-    Case("sticky-dir", lambda t: _archive([_dir("./include/tmp/", 0o1755)]), "sticky"),
-    Case("world-writable-file", lambda t: _archive([_file("./include/w.h", mode=0o666)]), "world"),
-    Case("world-writable-dir", lambda t: _archive([_dir("./include/w/", 0o777)]), "world"),
+    Case("world-writable-dir", lambda t: _archive([directory("./include/w/", 0o777)]), "world"),
     Case(
         "duplicate-file",
-        lambda t: _archive([_file("./include/linux/types.h", b"other")]),
+        lambda t: _archive([regular("./include/linux/types.h", b"other")]),
         "duplicate of an earlier file",
     ),
     Case(
         "duplicate-dir",
-        lambda t: _archive([_dir("./include/linux/")]),
+        lambda t: _archive([directory("./include/linux/")]),
         "duplicate of an earlier directory",
     ),
     Case(
         "directory-replaced-by-file",
-        lambda t: _archive([_file("./include/linux")]),
+        lambda t: _archive([regular("./include/linux")]),
         "file would replace an earlier directory",
     ),
     Case(
         "file-replaced-by-directory",
-        lambda t: _archive([_dir("./include/linux/types.h/")]),
+        lambda t: _archive([directory("./include/linux/types.h/")]),
         "directory would replace an earlier file",
     ),
     Case(
         "file-used-as-parent",
-        lambda t: _archive([_file("./include/linux/types.h/x.h")]),
+        lambda t: _archive([regular("./include/linux/types.h/x.h")]),
         "is a file, not a directory",
     ),
     Case(
         "symlink-replaces-directory",
-        lambda t: _archive([_symlink("./include/linux", "../..")]),
+        lambda t: _archive([symlink("./include/linux", "../..")]),
         "symlink would replace an earlier directory",
     ),
     Case(
         "name-not-utf8",
-        lambda t: _archive([_file("./include/\udcff\udcfe.h")]),
+        lambda t: _archive([regular("./include/\udcff\udcfe.h")]),
         "not valid UTF-8",
     ),
     Case(
         "component-over-255-bytes",
-        lambda t: _archive([_file("./include/" + "a" * 256 + ".h")]),
+        lambda t: _archive([regular("./include/" + "a" * 256 + ".h")]),
         "longer than 255 bytes",
     ),
     Case(
         "path-over-4095-bytes",
         lambda t: _archive(
-            [_file("./include/" + ("b" * 200 + "/") * 21 + "c.h")], tarfile.PAX_FORMAT
+            [regular("./include/" + ("b" * 200 + "/") * 21 + "c.h")], tarfile.PAX_FORMAT
         ),
         "longer than 4095 bytes",
     ),
     Case(
         "pax-path-escapes",
         lambda t: _archive(
-            [_pax(_file("./include/innocent.h"), path="../evil")], tarfile.PAX_FORMAT
+            [pax(regular("./include/innocent.h"), path="../evil")], tarfile.PAX_FORMAT
         ),
         "'..' component",
     ),
     Case(
         "pax-path-absolute",
         lambda t: _archive(
-            [_pax(_file("./include/innocent.h"), path=str(t / "abs-evil"))], tarfile.PAX_FORMAT
+            [pax(regular("./include/innocent.h"), path=str(t / "abs-evil"))], tarfile.PAX_FORMAT
         ),
         "absolute path",
     ),
     Case(
         "pax-linkpath-escapes",
         lambda t: _archive(
-            [_pax(_symlink("./include/l", "linux"), linkpath="../../outside")], tarfile.PAX_FORMAT
+            [pax(symlink("./include/l", "linux"), linkpath="../../outside")], tarfile.PAX_FORMAT
         ),
         "escapes the tree",
     ),
     Case(
         "gnu-longname-escapes",
-        lambda t: _archive([_file("../" + "a" * 150 + "/evil")]),
+        lambda t: _archive([regular("../" + "a" * 150 + "/evil")]),
         "'..' component",
     ),
     Case(
         "gnu-longlink-escapes",
-        lambda t: _archive([_symlink("./include/l", "../" * 60 + "etc/passwd")]),
+        lambda t: _archive([symlink("./include/l", "../" * 60 + "etc/passwd")]),
         "escapes the tree",
     ),
     Case(
@@ -340,30 +259,30 @@ CASES = [
     ),
     Case(
         "name-with-newline",
-        lambda t: _archive([_file("./include/new\nline.h")]),
+        lambda t: _archive([regular("./include/new\nline.h")]),
         "control character",
     ),
-    Case("name-with-tab", lambda t: _archive([_file("./include/a\tb.h")]), "control character"),
+    Case("name-with-tab", lambda t: _archive([regular("./include/a\tb.h")]), "control character"),
     Case(
         "reserved-manifest-name",
-        lambda t: _archive([_file("./.kheaders-pkg.manifest")]),
+        lambda t: _archive([regular("./.kheaders-pkg.manifest")]),
         "reserved",
     ),
     Case(
         "member-over-the-size-limit",
-        lambda t: _archive([_file("./include/big.h", bytes(2 << 20))]),
+        lambda t: _archive([regular("./include/big.h", bytes(2 << 20))]),
         "over the limit",
         Limits(max_member_bytes=1 << 20),
     ),
     Case(
         "zeros-bomb-small-limit",
-        lambda t: _zeros_bomb(_preamble_tar() + bytes(1024), 64 << 20),
+        lambda t: zeros_bomb(_preamble_tar() + bytes(1024), 64 << 20),
         "expands to more than",
         Limits(max_total_bytes=8 << 20),
     ),
     Case(
         "too-many-members",
-        lambda t: _archive([_file(f"./include/f{i}.h") for i in range(20)]),
+        lambda t: _archive([regular(f"./include/f{i}.h") for i in range(20)]),
         "more than 10 members",
         Limits(max_members=10),
     ),
@@ -377,33 +296,33 @@ CASES = [
     Case("gzip", lambda t: b"\x1f\x8b\x08\x00" + bytes(60), "not an xz archive (gzip data)"),
     Case("plain-text", lambda t: b"#include <linux/types.h>\n", "not an xz archive"),
     Case("empty-file", lambda t: b"", "archive is empty (0 bytes)"),
-    Case("empty-xz", lambda t: _xz(b""), "tar archive is empty"),
-    Case("empty-tar", lambda t: _xz(_tar([], preamble=False)), "tar archive has no members"),
+    Case("empty-xz", lambda t: xz(b""), "tar archive is empty"),
+    Case("empty-tar", lambda t: xz(_tar([], preamble=False)), "tar archive has no members"),
     Case(
         "no-include",
-        lambda t: _xz(_tar([_dir("./"), _file("./Makefile")], preamble=False)),
+        lambda t: xz(_tar([directory("./"), regular("./Makefile")], preamble=False)),
         "archive has no include/ directory: not a kernel headers archive",
     ),
     Case("trailing-garbage", lambda t: _archive([]) + b"garbage", "trailing data"),
-    Case("trailing-second-stream", lambda t: _archive([]) + _xz(b"x"), "trailing data"),
+    Case("trailing-second-stream", lambda t: _archive([]) + xz(b"x"), "trailing data"),
     Case(
         "garbage-after-tar-end",
-        lambda t: _xz(_tar([]) + b"more" + bytes(508)),
+        lambda t: xz(_tar([]) + b"more" + bytes(508)),
         "after the tar end-of-archive marker",
     ),
     Case(
         "tar-without-end-marker",
-        lambda t: _xz(_preamble_tar()),
+        lambda t: xz(_preamble_tar()),
         "no end-of-archive marker",
     ),
     Case(
         "tar-member-data-truncated",
-        lambda t: _xz(_preamble_tar() + _raw_header(b"include/x.h", b"0", 5000) + b"x" * 100),
+        lambda t: xz(_preamble_tar() + _raw_header(b"include/x.h", b"0", 5000) + b"x" * 100),
         "truncated tar archive",
     ),
     Case(
         "bad-header-checksum",
-        lambda t: _xz(_flip(_tar([]), 512 * 3 + 10)),
+        lambda t: xz(_flip(_tar([]), 512 * 3 + 10)),
         "bad tar header checksum",
     ),
     Case(
@@ -414,7 +333,7 @@ CASES = [
     Case(
         "pax-sparse-member",
         lambda t: _archive(
-            [_pax(_file("./include/s.h"), **{"GNU.sparse.major": "1"})], tarfile.PAX_FORMAT
+            [pax(regular("./include/s.h"), **{"GNU.sparse.major": "1"})], tarfile.PAX_FORMAT
         ),
         "sparse files are not supported",
     ),
@@ -455,21 +374,6 @@ def _snapshot(root: Path, skip: Path) -> dict[str, tuple[int, int, int, str]]:
     return found
 
 
-def _as_multi_block(data: bytes) -> bytes | None:
-    """The same tar in a multi-block xz stream (decoded in parallel), if `data` is valid xz."""
-    try:
-        tar = lzma.decompress(data, format=lzma.FORMAT_XZ)
-    except lzma.LZMAError:
-        return None
-    out = subprocess.run(
-        ["xz", "-z", "-c", "-T1", "--block-size=4KiB", "--check=crc64"],
-        input=tar,
-        capture_output=True,
-        check=True,
-    ).stdout
-    return out
-
-
 # The cases about the xz layer itself; the others are about the tar inside it.
 XZ_CASES = {
     "zeros-bomb-small-limit",
@@ -499,7 +403,7 @@ def test_hostile_tar_in_many_xz_blocks_is_refused_and_nothing_escapes(
     case: Case, tmp_path: Path
 ) -> None:
     """The same tar recompressed in 4 KiB xz blocks: decoded in parallel, cancelled early."""
-    data = _as_multi_block(case.build(tmp_path / "area"))
+    data = as_multi_block(case.build(tmp_path / "area"))
     assert data is not None
     _assert_refused(case, "path", data, tmp_path)
 
@@ -549,22 +453,11 @@ def test_there_are_at_least_thirty_hostile_cases() -> None:
     assert len(CASES) >= 30
 
 
-def test_the_multi_block_recompression_really_makes_several_blocks() -> None:
-    data = _as_multi_block(
-        _archive([_file(f"./include/f{i}.h", os.urandom(3000)) for i in range(9)])
-    )
-    assert data is not None
-    # The index (before the 12-byte footer): indicator 0, then the number of records.
-    backward: int = struct.unpack("<I", data[-8:-4])[0]
-    index = data[len(data) - 12 - (backward + 1) * 4 :]
-    assert index[0] == 0 and index[1] > 1
-
-
 def test_a_two_gib_member_fails_at_its_header_under_the_default_limits(tmp_path: Path) -> None:
     """A real 2 GiB run of zeros compressed to ~300 KB: refused before a byte of it is written."""
     size = 2 << 30
     head = _preamble_tar() + _raw_header(b"./include/bomb.h", b"0", size)
-    data = _zeros_bomb(head, size, bytes(1024))
+    data = zeros_bomb(head, size, bytes(1024))
     assert len(data) < 1 << 20
     dest = tmp_path / "dest"
     dest.mkdir(mode=0o700)
@@ -577,36 +470,3 @@ def test_a_two_gib_member_fails_at_its_header_under_the_default_limits(tmp_path:
     assert not (dest / "include/bomb.h").exists()
     written = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     assert written <= DEFAULT_LIMITS.max_member_bytes
-
-
-def test_a_zeros_bomb_fails_as_soon_as_the_limit_is_passed(tmp_path: Path) -> None:
-    """Padding after the tar end marker decompresses to 1 GiB; the limit is 16 MiB, and the decoder
-    is stopped right after it (not after the whole gigabyte)."""
-    data = _zeros_bomb(_tar([]), 1 << 30)
-    dest = tmp_path / "dest"
-    dest.mkdir(mode=0o700)
-    limits = Limits(max_total_bytes=16 << 20)
-    source = _Trickle(io.BytesIO(data), 1024)
-
-    with pytest.raises(ArchiveError, match="expands to more than 16777216 bytes"):
-        extract_archive(source, dest, limits=limits)  # type: ignore[arg-type]
-
-    # The decoder read only the compressed bytes it needed for the first ~16 MiB.
-    assert source.consumed < len(data) // 4
-
-
-class _Trickle(io.RawIOBase):
-    """A raw stream that returns at most `step` bytes per read, and counts them."""
-
-    def __init__(self, inner: io.BytesIO, step: int) -> None:
-        self._inner = inner
-        self._step = step
-        self.consumed = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        n = self._inner.readinto(memoryview(b)[: self._step])
-        self.consumed += n
-        return n

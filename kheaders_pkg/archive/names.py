@@ -41,6 +41,16 @@ def decode_name(raw: bytes, what: str) -> str:
     return text
 
 
+def decode_relative(raw: bytes, what: str, noun: str) -> str:
+    """decode_name(), and the text must be a relative path: not empty, not starting with "/"."""
+    text = decode_name(raw, what)
+    if not text:
+        raise ArchiveError(f"{what}: empty {noun}")
+    if text.startswith("/"):
+        raise ArchiveError(f"{what}: absolute {noun}")
+    return text
+
+
 def check_components(parts: list[str], what: str) -> None:
     for part in parts:
         if part == "..":
@@ -69,11 +79,7 @@ def symlink_target(path: str, raw: bytes) -> str:
     `qcom,dispcc-sm8250.h`) have this form.
     """
     what = f"member {show(path)}: symlink target {show(raw)}"
-    target = decode_name(raw, what)
-    if not target:
-        raise ArchiveError(f"{what}: empty target")
-    if target.startswith("/"):
-        raise ArchiveError(f"{what}: absolute target")
+    target = decode_relative(raw, what, "target")
     parts = target.split("/")
     ups = 0
     while ups < len(parts) and parts[ups] == "..":

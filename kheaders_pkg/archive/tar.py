@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from kheaders_pkg.archive.names import PATH_MAX, PLAIN_PATH, check_components, decode_name, show
+from kheaders_pkg.archive.names import PATH_MAX, PLAIN_PATH, check_components, decode_relative, show
 from kheaders_pkg.errors import ArchiveError
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME  # no member may take these names
 
@@ -255,11 +255,7 @@ def member_path(raw: bytes, is_dir: bool) -> str:
 
 def member_path_checked(raw: bytes, is_dir: bool) -> str:
     what = f"member {show(raw)}"
-    text = decode_name(raw, what)
-    if not text:
-        raise ArchiveError(f"{what}: empty name")
-    if text.startswith("/"):
-        raise ArchiveError(f"{what}: absolute path")
+    text = decode_relative(raw, what, "path")
     # gen_kheaders.sh runs `tar -C dir .`, so every name starts with "./" and the first is "./".
     if text.startswith("./"):
         text = text[2:]

@@ -109,7 +109,8 @@ def _varint(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
     raise ValueError("integer too long")
 
 
-def _encode_varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
+    """`value` as an xz multibyte integer (the .xz file format, 1.2: little-endian base 128)."""
     out = bytearray()
     while value >= 0x80:
         out.append(value & 0x7F | 0x80)
@@ -172,7 +173,7 @@ def _block_as_stream(buf: bytearray, block: _XzBlock) -> Iterator[bytes | memory
     the original stream header, the block, a one-record index and a footer, so that liblzma checks
     it fully (block header CRC, the integrity check, both sizes)."""
     padded = (block.unpadded + 3) & ~3
-    records = _encode_varint(block.unpadded) + _encode_varint(block.uncompressed)
+    records = encode_varint(block.unpadded) + encode_varint(block.uncompressed)
     index = b"\x00\x01" + records
     index += bytes(-len(index) % 4)
     index += struct.pack("<I", zlib.crc32(index))
