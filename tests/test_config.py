@@ -37,6 +37,8 @@ foreign = "divert"
 lock_timeout = 5
 emit = ["deb", "rpm"]
 register = true
+kbuild = true
+kbuild_source = "/usr/src/linux-6.1"
 """,
         )
     )
@@ -47,6 +49,8 @@ register = true
     assert c.lock_timeout == 5.0
     assert c.emit == (PackageFormat.DEB, PackageFormat.RPM)
     assert c.register is True
+    assert c.kbuild is True
+    assert c.kbuild_source == "/usr/src/linux-6.1"
 
 
 @pytest.mark.parametrize(
@@ -63,6 +67,8 @@ register = true
         ("emit = ['zip']", "emit"),
         ("register = 1", "register"),
         ("register = true", "register"),  # without emit
+        ("kbuild = 'yes'", "kbuild"),
+        ("kbuild_source = 'linux'", "kbuild_source"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:

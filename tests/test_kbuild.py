@@ -370,3 +370,37 @@ def test_dkms_builds_the_module_against_the_tree(
     imports = module_imports(ELFFile(ko.read_bytes()))
     debian = {f[1]: int(f[0], 16) for f in (ln.split("\t") for ln in debian_symvers)}
     assert {i.name: i.crc for i in imports} == {i.name: debian[i.name] for i in imports}
+
+
+@pytest.mark.integration
+def test_a_kernel_tree_named_by_kbuild_source_provides_the_pieces(
+    kernel: CorpusKernel, tmp_path: Path
+) -> None:
+    """Without the distro's packages, a built kernel tree of the same version (here assembled
+    from the files of Debian's packages, as `make modules_prepare` would leave them) is used."""
+    k = make_kbuild_root(kernel, tmp_path, packages=False)
+    files = tmp_path / "debs"
+    for deb in kernel.debs.glob("*.deb"):
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(files)], check=True)
+    source = k.root / "usr/src/linux-6.1"
+    common = files / "usr/src/linux-headers-6.1.0-56-common"
+    shutil.copytree(
+        common / "arch/x86", source / "arch/x86", ignore=shutil.ignore_patterns("include")
+    )
+    shutil.copy(common / "Makefile", source / "Makefile")
+    for name in ("scripts", "tools"):
+        shutil.copytree(files / f"usr/lib/linux-kbuild-6.1/{name}", source / name, symlinks=True)
+    flavour = files / f"usr/src/linux-headers-{kernel.release}"
+    shutil.copy(flavour / "arch/x86/module.lds", source / "scripts/module.lds")
+    config = tmp_path / "kheaders-pkg.toml"
+    config.write_text('kbuild = true\nkbuild_source = "/usr/src/linux-6.1"\n')
+    r = k.cli("--config", str(config), "sync")
+    assert r.returncode == 0, r.stderr
+    record = json.loads(k.cli("--config", str(config), "status", "--json").stdout)["tree"]["kbuild"]
+    assert record["ready"] is True
+    assert set(record["sources"].values()) == {
+        "/usr/src/linux-6.1",
+        "/usr/src/linux-6.1/scripts/module.lds",
+    }
+    built = build_hello(k.tree(), tmp_path / "hello")
+    assert built.returncode == 0, built.stdout + built.stderr
