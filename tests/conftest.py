@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+# The tool's own .deb and .rpm, built once per session (tests/packages.py).
+pytest_plugins = ["tests.packages"]
+
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("KHEADERS_CORPUS", REPO.parent / "shared" / "corpus")).resolve()
 
@@ -149,3 +152,63 @@ def hold_lock(path: Path) -> subprocess.Popen[str]:
     )
     assert child.stdout is not None and child.stdout.readline() == "held\n"
     return child
+
+
+# -- the command line ------------------------------------------------------------------------
+
+# The installed console script: tests reach the tool the way users do.
+TOOL = Path(sys.executable).parent / "kheaders-pkg"
+
+
+def cli_argv(
+    root: Path, kfs: Path | None, *args: str | Path, config: Path | None = None
+) -> list[str]:
+    argv = [str(TOOL), "--root", str(root)]
+    if kfs is not None:
+        argv += ["--kernel-fs", str(kfs)]
+    if config is not None:
+        argv += ["--config", str(config)]
+    return argv + [str(a) for a in args]
+
+
+def cli_env(crash_at: str | None = None) -> dict[str, str]:
+    """The test's environment, without a crash point unless one is asked for (publish.py)."""
+    from kheaders_pkg.publish import CRASH_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if crash_at is not None:
+        env[CRASH_ENV] = crash_at
+    return env
+
+
+def run_cli(
+    root: Path,
+    kfs: Path | None,
+    *args: str | Path,
+    config: Path | None = None,
+    crash_at: str | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """`kheaders-pkg --root ROOT [--kernel-fs KFS] [--config CONFIG] ARGS...`, run to its end."""
+    return subprocess.run(
+        cli_argv(root, kfs, *args, config=config),
+        capture_output=True,
+        text=True,
+        env=cli_env(crash_at),
+        timeout=timeout,
+        check=False,
+    )
+
+
+def start_cli(
+    root: Path, kfs: Path | None, *args: str | Path, crash_at: str | None = None
+) -> subprocess.Popen[str]:
+    """The same command, started and left running (for concurrency and kill tests)."""
+    return subprocess.Popen(
+        cli_argv(root, kfs, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(crash_at),
+    )
