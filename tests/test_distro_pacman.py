@@ -442,6 +442,8 @@ def _host_dirs() -> list[str]:
     multiarch = str(sysconfig.get_config_var("MULTIARCH") or "")
     dirs = ["/usr/bin", f"/usr/lib/{multiarch}", "/usr/lib64", "/usr/lib/python3"]
     dirs += [sysconfig.get_paths()["stdlib"], str(REPO)]
+    if not Path(sys.prefix).is_relative_to(REPO):  # a virtual environment outside the checkout
+        dirs.append(sys.prefix)
     return [d for d in dict.fromkeys(dirs) if Path(d).is_dir()]
 
 
@@ -452,10 +454,14 @@ def _pacman_in_chroot_ready_root(root: Path, *args: str | Path) -> subprocess.Co
     if not (root / "lib64").is_symlink():
         # This machine's binaries ask for /lib64/ld-linux-x86-64.so.2 (Arch's lib64 -> usr/lib).
         (root / "lib64").symlink_to("usr/lib64")
-    for host, inside in [(d, d) for d in _host_dirs()] + [("/proc", "/proc"), ("/sys", "/sys")]:
-        target = root / inside.lstrip("/")
-        target.mkdir(parents=True, exist_ok=True)
-        script.append(f"mount --rbind {shlex.quote(host)} {shlex.quote(str(target))}")
+    for host in _host_dirs():  # read-only: the hook runs as root in there
+        target = shlex.quote(str(root / host.lstrip("/")))
+        (root / host.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        script.append(f"mount --bind {shlex.quote(host)} {target}")
+        script.append(f"mount -o remount,bind,ro {target}")
+    for kernel_fs in ("/proc", "/sys"):
+        (root / kernel_fs.lstrip("/")).mkdir(exist_ok=True)
+        script.append(f"mount --rbind {kernel_fs} {shlex.quote(str(root / kernel_fs.lstrip('/')))}")
     (root / "dev").mkdir(exist_ok=True)
     script.append(f"mount --rbind /dev {shlex.quote(str(root / 'dev'))}")
     argv = ["pacman", "--root", root, "--dbpath", root / "var/lib/pacman", "--config", os.devnull]
