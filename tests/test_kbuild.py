@@ -200,11 +200,15 @@ def test_crc_table_of_another_length_is_an_unsupported_layout(vmlinux: bytes) ->
 
 @pytest.fixture(scope="module")
 def ready(kernel: CorpusKernel, tmp_path_factory: pytest.TempPathFactory) -> KbuildRoot:
-    """A root with Debian's kbuild/headers packages, synced once with --kbuild."""
+    """A root with Debian's kbuild/headers packages: synced without kbuild (a headers tree, as
+    before), then with `sync --kbuild`, which remakes the fresh tree once to add the pieces."""
     k = make_kbuild_root(kernel, tmp_path_factory.mktemp("kbuild-ready"))
+    assert k.cli("sync").returncode == 0
+    assert not (k.tree() / "Module.symvers").exists()
     r = k.cli("sync", "--kbuild")
     assert r.returncode == 0, r.stderr
-    assert "kbuild: ready" in r.stdout
+    assert r.stdout.startswith("regenerated ") and "kbuild: ready" in r.stdout
+    assert k.cli("verify").returncode == 0  # the links to the kbuild tools are in the manifest
     return k
 
 
@@ -249,7 +253,7 @@ def test_only_a_tree_that_builds_modules_is_packaged_as_linux_headers(
     """dkms looks for linux-headers-$KVER; a headers-only tree never claims it (see the
     self-check test for that side)."""
     assert deb_provides(ready, tmp_path) == [
-        "kernel-ikheaders-6.1.0-56-amd64 (= 1.eb4fbcd037e7)",
+        "kernel-ikheaders-6.1.0-56-amd64 (= 2.eb4fbcd037e7)",
         "linux-headers-6.1.0-56-amd64",
         "linux-headers",
     ]
