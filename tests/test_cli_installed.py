@@ -52,6 +52,31 @@ def test_console_script_is_installed() -> None:
     assert CONSOLE.is_file() and os.access(CONSOLE, os.X_OK)
 
 
+def _imported(exe: Path, *args: str | Path) -> list[str]:
+    """The modules a run of `exe` imports, as `python -X importtime` names them."""
+    python = exe.parent / "python"
+    p = subprocess.run(
+        [str(python), "-X", "importtime", str(exe), *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [
+        line.rsplit("|", 1)[1].strip()
+        for line in p.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    ]
+
+
+def test_the_fresh_check_imports_neither_re_nor_the_cli(
+    synced: tuple[Path, Path, CorpusKernel],
+) -> None:
+    root, kfs, _ = synced
+    names = _imported(CONSOLE, "--root", root, "--kernel-fs", kfs, "check")
+    assert "kheaders_pkg.fastcheck" in names
+    assert not {"re", "kheaders_pkg.cli", "argparse", "json"} & set(names), names
+
+
 def test_hooks_install_and_remove_through_the_command(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
@@ -179,6 +204,16 @@ def plain_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert p.returncode == 0, p.stderr[-3000:]
     return venv / "bin/kheaders-pkg"
+
+
+@pytest.mark.integration
+def test_plain_venv_fresh_check_imports_neither_re_nor_the_cli(
+    plain_venv: Path, synced: tuple[Path, Path, CorpusKernel]
+) -> None:
+    root, kfs, _ = synced
+    names = _imported(plain_venv, "--root", root, "--kernel-fs", kfs, "check")
+    assert "kheaders_pkg.fastcheck" in names
+    assert not {"re", "kheaders_pkg.cli", "argparse"} & set(names), names
 
 
 @pytest.mark.integration
