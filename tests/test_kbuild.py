@@ -7,6 +7,7 @@ and the kernel's own modules' `__versions`: what the kernel compares when it loa
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from kheaders_pkg.errors import ExitCode
+from kheaders_pkg.hooks import HookSystem, find_data_dir, stage_hooks
 from kheaders_pkg.kernel.elf import ELFFile
 from kheaders_pkg.kernel.image import build_id_of, read_kernel_image, vmlinux_of_bzimage
 from kheaders_pkg.kernel.kmod import read_module
@@ -43,6 +45,7 @@ from tests.kbuild_util import (
     HELLO_NAME,
     KBUILD_KERNEL,
     MODULE_DIRS,
+    TOOL,
     KbuildRoot,
     build_hello,
     make_kbuild_root,
@@ -408,3 +411,36 @@ def test_a_kernel_tree_named_by_kbuild_source_provides_the_pieces(
     }
     built = build_hello(k.tree(), tmp_path / "hello")
     assert built.returncode == 0, built.stdout + built.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("packages", [True, False], ids=["kbuild-tree", "headers-only"])
+def test_kernel_postinst_hook_makes_the_kbuild_tree_and_chains_header_postinst(
+    packages: bool, kernel: CorpusKernel, tmp_path: Path
+) -> None:
+    """Debian's kernel postinst.d hook with `kbuild = true`: the new kernel gets a module-building
+    tree before it boots, then header_postinst.d (where dkms hooks in) runs; when no kbuild tree
+    can be made (exit 15) the headers tree is there and the chain runs as it did without kbuild."""
+    k = make_kbuild_root(kernel, tmp_path, packages=packages)
+    (k.root / "etc/kernel/header_postinst.d").mkdir(parents=True)
+    chained = tmp_path / "chained"
+    recorder = k.root / "etc/kernel/header_postinst.d/record"
+    recorder.write_text(f'#!/bin/sh\necho "$1" >> "{chained}"\n')
+    recorder.chmod(0o755)
+    (k.root / "etc/kheaders-pkg.toml").write_text("kbuild = true\n")
+    hooks = tmp_path / "hooks"
+    stage_hooks(hooks, HookSystem.DEBIAN, str(TOOL), find_data_dir())
+    postinst = hooks / "etc/kernel/postinst.d/kheaders-pkg"
+    env = {**os.environ, "KHEADERS_PKG": str(TOOL), "KHEADERS_PKG_ROOT": str(k.root)}
+    result = subprocess.run(
+        [str(postinst), k.release, f"/boot/vmlinuz-{k.release}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert chained.read_text() == f"{k.release}\n"
+    assert (k.tree() / "include/linux/sched.h").is_file()
+    assert (k.tree() / "Module.symvers").exists() is packages
+    assert ("headers only for" in result.stderr) is not packages
