@@ -80,10 +80,21 @@ def kernel_facts(
         ko = find_module(layout.kernel_module_dir(ident.release), "kheaders")
         if ko is not None:
             facts = with_archive(facts, ArchiveRef(ArchiveSource.MODULE, ko, None))
-    elif ident.archive is None and ident.running and ident.ikheaders == "m":
+    elif ident.archive is None and ident.running and (
+        ident.ikheaders == "m" or _kheaders_module_installed(layout, ident.release)
+    ):
         # Live kernel with kheaders as a module: the archive appears after modprobe (in sync).
+        # A kheaders.ko installed for this release counts even where the config says the option
+        # is off: distributions that leave CONFIG_IKHEADERS off (Debian) can have the module
+        # built afterwards against their own build tree, for the kernel they ship.
         facts = with_archive(facts, ArchiveRef(ArchiveSource.SYSFS, layout.kernel.archive, None))
     return facts
+
+
+def _kheaders_module_installed(layout: Layout, release: str) -> bool:
+    from kheaders_pkg.kernel.kmod import find_module
+
+    return find_module(layout.kernel_module_dir(release), "kheaders") is not None
 
 
 def _is_live(layout: Layout) -> bool:

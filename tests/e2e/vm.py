@@ -77,6 +77,22 @@ class VMError(Exception):
 
 
 @dataclass(frozen=True)
+class Machine:
+    """The emulated platform: QEMU binary and machine options, serial console, the busybox the
+    initramfs runs, and the guest's root when it cannot be the host's (another architecture:
+    a userland shared as 9p tag `userland`, with the checkout bound in; arm64_guest.py)."""
+
+    qemu: str
+    args: tuple[str, ...]
+    console: str
+    busybox: Path
+    userland: Path | None = None
+
+
+X86_64 = Machine(QEMU, (), "ttyS0", BUSYBOX)
+
+
+@dataclass(frozen=True)
 class GuestKernel:
     """A bootable kernel and the modules its initramfs loads, in order."""
 
@@ -84,6 +100,7 @@ class GuestKernel:
     vmlinuz: Path
     release: str
     modules: tuple[Path, ...]
+    machine: Machine = X86_64
 
     @classmethod
     def from_corpus(
@@ -193,7 +210,7 @@ def build_initramfs(kernel: GuestKernel, dest: Path) -> Path:
         shutil.rmtree(tree)
     for d in ("bin", "proc", "sys", "dev", "modules"):
         (tree / d).mkdir(parents=True)
-    shutil.copy2(BUSYBOX, tree / "bin/busybox")
+    shutil.copy2(kernel.machine.busybox, tree / "bin/busybox")
     applets = subprocess.run(
         [str(BUSYBOX), "--list"], check=True, capture_output=True, text=True
     ).stdout.split()
@@ -245,7 +262,8 @@ def qemu_command(
     kernel: GuestKernel, initramfs: Path, state: GuestState, serial: Path, memory: int, cpus: int
 ) -> list[str]:
     return [
-        QEMU,
+        kernel.machine.qemu,
+        *kernel.machine.args,
         "-accel", "tcg",
         "-m", str(memory),
         "-smp", str(cpus),
@@ -253,11 +271,22 @@ def qemu_command(
         "-serial", f"file:{serial}",
         "-kernel", str(kernel.vmlinuz),
         "-initrd", str(initramfs),
-        "-append", "console=ttyS0 panic=-1 loglevel=3",
+        "-append", f"console={kernel.machine.console} panic=-1 loglevel=3",
         # multidevs=remap: the host root spans several filesystems (/proc, /sys, ...)
         "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={state.path},mount_tag=state,security_model=none,multidevs=remap",
+        *_userland_share(kernel.machine),
     ]  # fmt: skip
+
+
+def _userland_share(machine: Machine) -> list[str]:
+    if machine.userland is None:
+        return []
+    return [
+        "-virtfs",
+        f"local,path={machine.userland},mount_tag=userland,security_model=none,readonly=on,"
+        "multidevs=remap",
+    ]
 
 
 def boot(
@@ -291,6 +320,7 @@ def boot(
         "KH_TOOL": GUEST_TOOL,
         "KH_HOOKS": GUEST_HOOKS,
         "KH_CONDITION": CONDITION,
+        "KH_USERLAND": "1" if kernel.machine.userland is not None else "",
         **(env or {}),
     }
     (exchange / "env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items()))

@@ -31,16 +31,25 @@ set -a
 . /state/e2e/env || die "no /state/e2e/env"
 set +a
 
+# The root's lower layer: the host's own root, or, for a guest of another architecture, the
+# userland the harness made for it (arm64_guest.py), shared as "userland".
+lower=/host
+if [ -n "${KH_USERLAND:-}" ]; then
+	mkdir -p /userland
+	p9 userland /userland ro,cache=loose || die "mount 9p userland"
+	lower=/userland
+fi
+
 # Writable view: overlayfs (host root lower, tmpfs upper) where the kernel has it; else the
 # read-only host root, made writable only at the grafted paths below (kh-* lack CONFIG_OVERLAY_FS).
 if grep -qw overlay /proc/filesystems; then
 	mount -t tmpfs -o mode=0755 tmpfs /rw
 	mkdir /rw/upper /rw/work
-	mount -t overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work overlay /newroot ||
+	mount -t overlay -o "lowerdir=$lower,upperdir=/rw/upper,workdir=/rw/work" overlay /newroot ||
 		die "mount overlay"
 	mark init.root overlay
 else
-	mount -o bind /host /newroot
+	mount -o bind "$lower" /newroot
 	mark init.root 9p-readonly
 fi
 
@@ -64,7 +73,7 @@ mirror() {
 # graft PATH: bind the state share's PATH over the root's PATH; it persists across boots.
 graft() {
 	if ! [ -d "/newroot/$1" ] && ! mkdir -p "/newroot/$1" 2>/dev/null; then
-		mirror "/host/${1%/*}" "/newroot/${1%/*}"
+		mirror "$lower/${1%/*}" "/newroot/${1%/*}"
 		mkdir "/newroot/$1" || die "mkdir $1"
 	fi
 	mkdir -p "/state/$1"
@@ -77,6 +86,11 @@ while read -r path; do
 	[ -n "$path" ] && graft "$path"
 done </writable
 mkdir -p /state/e2e /newroot/run/kh-e2e
+# Another architecture's root sees the tool's checkout at the same path as the host does.
+if [ "$lower" != /host ]; then
+	mkdir -p "/newroot$KH_CHECKOUT" || die "mkdir $KH_CHECKOUT"
+	mount -o bind "/host$KH_CHECKOUT" "/newroot$KH_CHECKOUT" || die "bind $KH_CHECKOUT"
+fi
 mount -o bind /state/e2e /newroot/run/kh-e2e
 
 grep -qw debugfs /proc/filesystems && mount -t debugfs debugfs /sys/kernel/debug
