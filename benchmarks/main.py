@@ -39,6 +39,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the results")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    p.add_argument(
+        "--deb",
+        type=Path,
+        default=None,
+        help="the tool's .deb for figure 1 (default: built with dpkg-buildpackage)",
+    )
     return p.parse_args(argv)
 
 
@@ -92,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         generations=2 if quick else 5,
         scale=(1, 3) if quick else (1, 10, 50),
         warmup=0 if quick else 1,
+        deb=args.deb,
     )
     # Installed, the tool is byte-compiled (Debian's py3compile); this environment may set
     # PYTHONDONTWRITEBYTECODE, which would make every child recompile kheaders_pkg from source.

@@ -18,11 +18,20 @@ from tests.conftest import REPO
 
 
 @pytest.mark.slow
-def test_quick_benchmark_runs_every_figure(tmp_path: Path) -> None:
+def test_quick_benchmark_runs_every_figure(tmp_path: Path, built_deb: Path) -> None:
     out = tmp_path / "latest.json"
     workdir = REPO / "scratch" / f"test-bench-{tmp_path.name}"
     p = subprocess.run(
-        [REPO / "benchmarks/run", "--quick", "--json", out, "--workdir", workdir],
+        [
+            REPO / "benchmarks/run",
+            "--quick",
+            "--json",
+            out,
+            "--workdir",
+            workdir,
+            "--deb",  # figure 1 times the session's .deb as installed (tests/packages.py)
+            built_deb,
+        ],
         capture_output=True,
         text=True,
         timeout=1800,
