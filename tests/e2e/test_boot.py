@@ -142,7 +142,7 @@ class Chains:
             consumers = ["bcc", "btf_consumers", "kbuild"]  # test_btf_consumers.py
             scenarios = ["stale", *consumers] if name == BCC_KERNEL else ["stale"]
         memory = 2048 if "bcc" in scenarios else 1024
-        timeout = 720 if "bcc" in scenarios else 300
+        timeout = 900 if "bcc" in scenarios else 300  # bcc + bpftrace compile under TCG
         boot = self._record(guest, state, guest.boot(state, scenarios, timeout, memory))
         boot.planted_copy = planted
         if boot.tree_has_sched_h:
