@@ -310,3 +310,18 @@ def test_emitted_deb_and_rpm_carry_vmlinux_h(tmp_path: Path) -> None:
         ).stdout
     assert f".{inside}/vmlinux.h" in listings["deb"]
     assert f"{inside}/vmlinux.h\n" in listings["rpm"]
+
+
+@pytest.mark.integration
+def test_verify_catches_a_changed_vmlinux_h(tmp_path: Path) -> None:
+    kernel = corpus_kernel(KH_A)
+    kfs = copy_sysroot(kernel, tmp_path / "kfs")
+    root = tmp_path / "root"
+    assert kheaders("--root", root, "--kernel-fs", kfs, "sync").returncode == 0
+    assert kheaders("--root", root, "--kernel-fs", kfs, "verify").returncode == 0
+    header = tree_of(root, kernel.release) / "vmlinux.h"
+    header.chmod(0o644)
+    with header.open("r+b") as f:  # same size, one byte different
+        f.write(b"/")
+    done = kheaders("--root", root, "--kernel-fs", kfs, "verify")
+    assert done.returncode == 13 and "vmlinux.h" in done.stderr + done.stdout, done
