@@ -2,8 +2,9 @@
 
 `/sys/kernel/btf/vmlinux` of a running kernel holds the same bytes as the `.BTF` section of its
 vmlinux: inside the compressed payload of an x86 bzImage, and in the loaded image itself of an
-uncompressed arm64 `Image` (no ELF there: found by its header, below). One reader for every
-place, so that the tree made before boot from the image and the one made from sysfs are equal.
+arm64 `Image` (no ELF there: found by its header, below); kernel/image.py unwraps either. One
+reader for every place (and for the BTF-only vmlinux in Debian's headers, tree.py), so that the
+tree made before boot from the image and the one made from sysfs are equal.
 
 `vmlinux.h` is made by the reference generator, `bpftool btf dump file F format c`, which libbpf
 CO-RE programs are written against.
@@ -150,35 +151,19 @@ def btf_in_flat_image(image: bytes, where: str) -> bytes | None:
 
 
 def btf_of_image(path: Path) -> bytes | None:
-    """The BTF of the kernel image at `path` (x86 bzImage or arm64 Image); None without one."""
-    from kheaders_pkg.kernel.image import MAX_IMAGE, vmlinux_of_bzimage
+    """The BTF of the kernel in the image file at `path` (every form kernel/image.py reads: x86
+    bzImage, arm64 Image, signed, gzip'd or EFI zboot); None without one."""
+    from kheaders_pkg.kernel.image import read_kernel_image
 
     try:
-        with path.open("rb") as file:
-            data = file.read(MAX_IMAGE + 1)
-    except OSError as exc:
-        raise BtfError(f"cannot read kernel image {path}: {exc.strerror}") from None
-    if len(data) > MAX_IMAGE:
-        raise BtfError(f"kernel image {path} is larger than {MAX_IMAGE} bytes")
-    if _is_bzimage(data):
-        try:
-            return btf_of_elf(ELFFile(vmlinux_of_bzimage(data)))
-        except BtfError as exc:
-            raise BtfError(f"{path}: {exc}") from None
-        except KernelDataError as exc:
-            raise BtfError(f"vmlinux in {path}: {exc}") from None
-    if _is_arm64_image(data):
-        return btf_in_flat_image(data, str(path))
-    raise BtfError(f"{path}: neither an x86 bzImage nor an arm64 Image")
-
-
-def _is_bzimage(data: bytes) -> bool:
-    return data[0x202:0x206] == b"HdrS"  # the x86 setup header (Documentation/arch/x86/boot.rst)
-
-
-def _is_arm64_image(data: bytes) -> bool:
-    # "ARM\x64" at offset 56 of the arm64 Image header (Documentation/arch/arm64/booting.rst).
-    return data[56:60] == b"ARM\x64"
+        image = read_kernel_image(path)
+        if image.is_elf:
+            return btf_of_elf(ELFFile(image.kernel))
+        return btf_in_flat_image(image.kernel, "the arm64 Image")
+    except BtfError as exc:
+        raise BtfError(f"{path}: {exc}") from None
+    except KernelDataError as exc:  # ImageError, ELFError: the image itself is unreadable
+        raise BtfError(str(exc)) from None
 
 
 def read_btf(ref: BtfRef) -> bytes | None:
