@@ -9,6 +9,7 @@ from pathlib import Path
 from tests.conftest import corpus_kernel
 from tests.kbuild_util import (
     HELLO_NAME,
+    KBUILD_KERNEL,
     build_hello,
     make_kbuild_root,
     tree_with_symvers,
@@ -16,6 +17,8 @@ from tests.kbuild_util import (
 )
 
 from . import vm
+
+__all__ = ["KBUILD_KERNEL", "WRONG_SYMBOL", "prepare_kbuild_modules"]
 
 # Seen as /run/kh-e2e/kbuild/{good,wrong}/kh_hello.ko in the guest (scenarios/kbuild.sh).
 KBUILD_DIR = "kbuild"
