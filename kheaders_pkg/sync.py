@@ -259,7 +259,7 @@ def _merge(layout: Layout, release: str, target: str) -> None:
     """systemd-sysext refresh on the live root; exit 14 when the extension could not be merged."""
     from kheaders_pkg.sysext import elsewhere, refresh
 
-    problem = refresh(layout)
+    problem = refresh(layout, release)
     if problem is not None:
         raise elsewhere(layout, release, target, f"systemd-sysext could not merge: {problem}")
 
@@ -291,7 +291,7 @@ def _clean_extensions(layout: Layout, keep: str | None) -> None:
             remove_tree(g.path)
         log.info("removed the extension and trees of %s: the kernel is gone", rel)
     if gone:
-        problem = refresh(layout)
+        problem = refresh(layout, gone[0])
         if problem is not None:
             log.warning("systemd-sysext refresh failed: %s", problem)
 
@@ -471,6 +471,24 @@ def gc_all(layout: Layout, config: Config) -> list[Path]:
         return gc(layout, config.keep_generations)
 
 
+def releases_with_trees(layout: Layout) -> list[str]:
+    """The releases that have a directory of generations under the trees dir."""
+    from kheaders_pkg.layout import LOCK_NAME, STAGING_PREFIX
+    from kheaders_pkg.publish import TRASH_PREFIX
+
+    try:
+        entries = list(os.scandir(layout.trees()))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(
+        e.name
+        for e in entries
+        if e.is_dir(follow_symlinks=False)
+        and e.name != LOCK_NAME
+        and not e.name.startswith((STAGING_PREFIX, TRASH_PREFIX))
+    )
+
+
 def releases_with_records(layout: Layout) -> list[str]:
     d = layout.state() / "links"
     try:
@@ -523,7 +541,7 @@ def remove(layout: Layout, config: Config, release: str) -> list[Path]:
                 ) from None
             if gone is not None:
                 removed.append(gone)
-                problem = refresh(layout)
+                problem = refresh(layout, release)
                 if problem is not None:
                     log.warning("systemd-sysext refresh failed: %s", problem)
         elif record is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import secrets
@@ -309,6 +310,22 @@ def exchange(a: Path, b: Path) -> None:
         raise OSError(err, os.strerror(err), str(a))
 
 
+def _replace(new: Path, final: Path) -> None:
+    """`final` becomes `new`'s directory and `new` names the old one. Where the filesystem has no
+    RENAME_EXCHANGE (9p, some FUSE), two renames: for a moment there is no extension at all,
+    which a refresh merges as "none", never a partial one."""
+    try:
+        exchange(new, final)
+        return
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+    aside = new.with_name(new.name + ".old")
+    os.rename(final, aside)
+    os.rename(new, final)
+    os.rename(aside, new)
+
+
 def publish_extension(layout: Layout, release: str, target_inside: str) -> Path:
     """Build the extension for `release` (links to `target_inside`, labelled for this root) and
     put it in place of the old one with one exchange; returns its path."""
@@ -330,7 +347,7 @@ def publish_extension(layout: Layout, release: str, target_inside: str) -> Path:
             final = base / name
             crash_point("before-extension-exchange")
             if os.path.lexists(final):
-                exchange(staging, final)
+                _replace(staging, final)
                 crash_point("after-extension-exchange")
                 fsync_dir(base)
                 shutil.rmtree(staging)  # now the old extension, under the hidden name
@@ -389,25 +406,28 @@ def clean_extension_leftovers(layout: Layout) -> list[Path]:
     return removed
 
 
-def refresh(layout: Layout) -> str | None:
-    """`systemd-sysext refresh` on the live root; a reason when it could not merge, else None.
+def refresh(layout: Layout, release: str) -> str | None:
+    """`systemd-sysext refresh` on the live root; why `release`'s extension is not merged after
+    it, or None when /lib/modules/$KVER/build now shows it.
 
-    Never for --root of another system: its /usr is not mounted here.
+    Never for --root of another system: its /usr is not mounted here. systemd-sysext can exit 0
+    and merge nothing (a kernel without overlayfs), so the answer is what /lib/modules shows.
     """
     if not is_live(layout):
         return None
-    from kheaders_pkg.run import CommandError, run
+    from kheaders_pkg.run import run
 
     binary = sysext_binary(layout)
     if binary is None:
         return "systemd-sysext is not installed"
     try:
-        run([binary, "refresh"])
-    except CommandError as e:
-        return str(e)
+        done = run([binary, "refresh"])
     except KheadersError as e:
         return str(e)
-    return None
+    if not layout.extension(release).is_dir() or extension_state(layout, release).merged:
+        return None
+    said = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    return "systemd-sysext refresh did not merge it" + (f" ({said[-1].strip()})" if said else "")
 
 
 def elsewhere(layout: Layout, release: str, tree_inside: str, why: str) -> ElsewhereError:

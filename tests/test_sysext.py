@@ -417,3 +417,31 @@ def test_live_read_only_usr_is_merged_by_systemd_sysext_and_a_container_compiles
     assert "CapBnd" in (tmp_path / "clang.out").read_text()
     cap_bnd = int((tmp_path / "clang.out").read_text().split("CapBnd:")[1].split()[0], 16)
     assert not cap_bnd & (1 << 16)  # CAP_SYS_MODULE
+
+
+@pytest.mark.integration
+def test_publish_key_chooses_the_mode_and_bad_values_are_config_errors(tmp_path: Path) -> None:
+    root = image_root(tmp_path / "root")
+    kfs = copy_sysroot(KH_A, tmp_path / "kfs")
+    config = root / "etc/kheaders-pkg.toml"
+    config.write_text('publish = "image"\n')
+    p = ro_usr(root, kfs, "check")
+    assert p.returncode == 10 and "'publish'" in p.stderr, p.stderr
+    # Forced to a tree on a read-only /usr: the usual one-line filesystem error, nothing made.
+    config.write_text('publish = "tree"\n')
+    p = ro_usr(root, kfs, "sync")
+    assert p.returncode == 8 and "read-only" in p.stderr, p.stderr
+    assert not (root / "var/lib/extensions").exists()
+
+
+@pytest.mark.integration
+def test_emit_packages_the_extensions_tree(tmp_path: Path) -> None:
+    root = image_root(tmp_path / "root")
+    kfs = copy_sysroot(KH_A, tmp_path / "kfs")
+    ok(ro_usr(root, kfs, "sync"))
+    out = tmp_path / "out"
+    out.mkdir()
+    deb = Path(ok(ro_usr(root, kfs, "emit", "--format", "deb", "--out", str(out))).stdout.strip())
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True).stdout
+    tree = ext_link(root)
+    assert f".{tree}/include/linux/kconfig.h" in listing

@@ -55,6 +55,7 @@ WRITABLE = (
     os.path.realpath("/lib/modules").lstrip("/"),
     "usr/src",
     "var/lib/kheaders-pkg",
+    "var/lib/extensions",  # systemd-sysext extensions (test_sysext_boot.py)
 )
 
 
