@@ -154,6 +154,12 @@ def hold_lock(path: Path) -> subprocess.Popen[str]:
     return child
 
 
+def build_dir(root: Path, release: str) -> Path:
+    """The tree `build` leads to for `release`, on this machine."""
+    link = root / "lib/modules" / release / "build"
+    return root / os.readlink(link).lstrip("/")
+
+
 # -- the command line ------------------------------------------------------------------------
 
 # The installed console script: tests reach the tool the way users do.

@@ -1,4 +1,4 @@
-"""Helpers for the reliability tests: run the CLI, mount small filesystems, check published trees.
+"""Helpers for the reliability tests: mount small filesystems, check published trees.
 
 The manifest reader here is deliberately our own (a dozen lines): these tests judge the tool's
 output, so they do not lean on the tool's parser to do it.
@@ -12,7 +12,6 @@ import random
 import re
 import stat
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,55 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kheaders_pkg.errors import ExitCode
-from kheaders_pkg.publish import CRASH_ENV
 
-CLI = (sys.executable, "-m", "kheaders_pkg")
 TREES = "usr/src/kheaders-pkg"
 STAMP = ".kheaders-pkg.json"
 MANIFEST = ".kheaders-pkg.manifest"
 DOCUMENTED = frozenset(int(c) for c in ExitCode)
 # Names this tool creates in its trees dir and in /lib/modules/$KVER while it works.
 LEFTOVER = re.compile(r"^(\.staging-|\.trash-|\.(build|source)\.kheaders-pkg-new$)")
-
-
-def cli_env(crash_at: str | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    if crash_at is not None:
-        env[CRASH_ENV] = crash_at
-    return env
-
-
-def cli_args(root: Path, kfs: Path | None, *args: str) -> list[str]:
-    out = [*CLI, "--root", str(root)]
-    if kfs is not None:
-        out += ["--kernel-fs", str(kfs)]
-    return out + list(args)
-
-
-def run_cli(
-    root: Path, kfs: Path | None, *args: str, crash_at: str | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cli_args(root, kfs, *args),
-        capture_output=True,
-        text=True,
-        env=cli_env(crash_at),
-        timeout=timeout,
-        check=False,
-    )
-
-
-def start_cli(
-    root: Path, kfs: Path | None, *args: str, crash_at: str | None = None
-) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        cli_args(root, kfs, *args),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(crash_at),
-    )
 
 
 def assert_clean_error(p: subprocess.CompletedProcess[str], code: int, *words: str) -> None:

@@ -8,15 +8,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from kheaders_pkg.hooks import HookSystem, find_data_dir, stage_hooks
-from tests.conftest import CorpusKernel, copy_sysroot, corpus_kernel
-
-TOOL = Path(sys.executable).parent / "kheaders-pkg"
+from tests.conftest import TOOL, CorpusKernel, copy_sysroot, corpus_kernel, run_cli
 
 
 def scratch_root(tmp_path: Path, kernel: CorpusKernel) -> Path:
@@ -47,8 +44,7 @@ def run(cmd: list[str], root: Path, **extra: str) -> subprocess.CompletedProcess
 
 
 def check(root: Path, kfs: Path) -> int:
-    cmd = [str(TOOL), "--root", str(root), "--kernel-fs", str(kfs), "check"]
-    return subprocess.run(cmd, capture_output=True).returncode
+    return run_cli(root, kfs, "check").returncode
 
 
 KERNELS = pytest.mark.parametrize("name", ["debian-6.1.0-56-amd64", "kh-6.1.192-kh-a-mod"])

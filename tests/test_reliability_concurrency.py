@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import corpus_kernel
+from tests.conftest import corpus_kernel, run_cli, start_cli
 from tests.reliability_util import (
     generation_dirs,
     leftovers,
@@ -21,8 +21,6 @@ from tests.reliability_util import (
     plant_foreign_tree,
     published_trees,
     read_loop,
-    run_cli,
-    start_cli,
     tree_problems,
 )
 

@@ -25,15 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import corpus_kernel
+from tests.conftest import corpus_kernel, run_cli, start_cli
 from tests.reliability_util import (
     generation_dirs,
     leftovers,
     link_target,
     mounted_tmpfs,
     published_trees,
-    run_cli,
-    start_cli,
     tree_problems,
 )
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import corpus_kernel
+from tests.conftest import corpus_kernel, run_cli
 from tests.reliability_util import (
     assert_clean_error,
     bind_ro,
@@ -17,7 +17,6 @@ from tests.reliability_util import (
     link_target,
     mounted_tmpfs,
     published_trees,
-    run_cli,
     tree_problems,
 )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import corpus_kernel
+from tests.conftest import corpus_kernel, run_cli
 from tests.reliability_util import (
     assert_clean_error,
     generation_dirs,
@@ -20,7 +20,6 @@ from tests.reliability_util import (
     mounted_tmpfs,
     ours_in,
     published_trees,
-    run_cli,
     snapshot,
     tree_problems,
 )
