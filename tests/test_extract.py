@@ -1,4 +1,4 @@
-"""extract.py against the real archives: the same tree as GNU tar, the manifest, reuse."""
+"""archive/extract.py, the writer, against the real archives: the same tree as GNU tar, reuse."""
 
 from __future__ import annotations
 
