@@ -445,3 +445,27 @@ def test_emit_packages_the_extensions_tree(tmp_path: Path) -> None:
     listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True).stdout
     tree = ext_link(root)
     assert f".{tree}/include/linux/kconfig.h" in listing
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_concurrent_syncs_make_one_generation_and_one_extension(tmp_path: Path) -> None:
+    root = image_root(tmp_path / "root")
+    kfs = copy_sysroot(KH_A, tmp_path / "kfs")
+    script = 'mount --bind "$1/usr" "$1/usr" && mount -o remount,bind,ro "$1/usr" && shift && '
+    script += 'for i in 1 2 3 4 5 6; do "$@" & done; fail=0; for i in 1 2 3 4 5 6; do '
+    script += "wait -n || fail=$((fail + 1)); done; echo failed=$fail"
+    argv = [str(TOOL), "--root", str(root), "--kernel-fs", str(kfs), "sync"]
+    done = subprocess.run(
+        ["unshare", "--mount", "bash", "-c", script, "sh", str(root), *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert "failed=0" in done.stdout, (done.stdout, done.stderr)
+    assert done.stdout.count("regenerated ") == 1, done.stdout
+    assert sorted(os.listdir(root / TREES / RELEASE))[0].startswith("gen-0001-")
+    assert len(os.listdir(root / TREES / RELEASE)) == 1
+    assert tree_problems(published(root)) == []
+    assert hidden_leftovers(root) == []
