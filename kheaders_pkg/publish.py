@@ -38,7 +38,8 @@ log = logging.getLogger("kheaders-pkg")
 
 TRASH_PREFIX = ".trash-"
 TMP_LINK_SUFFIX = ".kheaders-pkg-new"
-_GEN = re.compile(r"^gen-(\d{4,})-([0-9a-f]{1,40})$")
+GENERATION_RE = re.compile(r"^gen-(\d{4,})-([0-9a-f]{1,40})$")
+_GEN = GENERATION_RE
 
 # Test-only fault injection: tests/test_reliability_crash.py sets KHEADERS_PKG_CRASH_AT=<point>
 # to SIGKILL this process at a named point and prove that a crash there leaves a consistent root.

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from kheaders_pkg import __version__
 from kheaders_pkg.archive.extract import ExtractResult, extract_archive
 from kheaders_pkg.archive.manifest import Entry, render_manifest
+from kheaders_pkg.archive.reuse import complete_generations
 from kheaders_pkg.errors import KheadersError, UnsupportedError
 from kheaders_pkg.kernel.btf import (
     VMLINUX_H,
@@ -34,7 +35,13 @@ from kheaders_pkg.kernel.btf import (
 )
 from kheaders_pkg.kernel.identity import ArchiveRef, KernelFacts
 from kheaders_pkg.kernel.kconfig import autoconf_disagreements, render_auto_conf
-from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
+from kheaders_pkg.layout import (
+    DEFAULT_TREES_DIR,
+    MANIFEST_NAME,
+    STAMP_NAME,
+    VAR_TREES_DIR,
+    Layout,
+)
 
 if TYPE_CHECKING:
     from kheaders_pkg.kbuild import KbuildRecord
@@ -125,6 +132,21 @@ def added_files(facts: KernelFacts) -> dict[str, bytes]:
     return files
 
 
+def reuse_sources(layout: Layout, release: str) -> list[Path]:
+    """Every complete generation a new tree may share files with (archive/reuse.py): this
+    release's first (newest first: a re-sync keeps the archive's mtimes), then every other
+    kernel's, under the trees directory in use and under the other place generations live (the
+    default under /usr and /var for publish = sysext/var: both exist after a switch of mode)."""
+    roots: list[Path] = []
+    for inside in (layout.trees_dir, DEFAULT_TREES_DIR, VAR_TREES_DIR):
+        with suppress(OSError, KheadersError):  # an unsafe or missing place: not a source
+            root = layout.host(inside)
+            if root.is_dir() and root not in roots:
+                roots.append(root)
+    found = [g for root in roots for g in complete_generations(root)]
+    return sorted(found, key=lambda g: g.parent.name != release)  # stable: newest first kept
+
+
 def build_generation(
     layout: Layout,
     facts: KernelFacts,
@@ -145,11 +167,15 @@ def build_generation(
     try:
         with open_archive(layout, archive) as stream, progress_bar(release) as progress:
             result: ExtractResult = extract_archive(
-                stream, staging, previous=previous, progress=progress
+                stream,
+                staging,
+                previous=previous,
+                reuse_from=reuse_sources(layout, release),
+                progress=progress,
             )
         crash_point("after-extract")
         if result.reused:
-            log.info("%d unchanged files shared with the previous generation", result.reused)
+            log.info("%d unchanged files shared with published trees", result.reused)
         warnings: list[str] = []
         autoconf = staging / "include/generated/autoconf.h"
         if facts.config is not None and autoconf.is_file():

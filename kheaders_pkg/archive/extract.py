@@ -9,18 +9,16 @@ O_NOFOLLOW|O_EXCL, so nothing is ever written outside `dest`.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import stat
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from kheaders_pkg.archive.manifest import Entry, parse_manifest
+from kheaders_pkg.archive.manifest import Entry
 from kheaders_pkg.archive.names import PATH_MAX, show, symlink_target
+from kheaders_pkg.archive.reuse import WHOLE_MAX, DirFds, Reuse
 from kheaders_pkg.archive.tar import (
     EXTENDED,
     KINDS,
@@ -39,20 +37,11 @@ from kheaders_pkg.archive.tar import (
     pax_mtime_ns,
 )
 from kheaders_pkg.archive.xz import Decompressed
-from kheaders_pkg.errors import ArchiveError, FilesystemError, ManifestError
-from kheaders_pkg.layout import MANIFEST_NAME
+from kheaders_pkg.errors import ArchiveError, FilesystemError
 
-_REUSE_BUFFER_MAX = 8 << 20  # a reuse candidate is held in memory until its hash is known
-_WHOLE_MAX = 1 << 20  # larger files are streamed to disk, never whole in memory
 _DIR_FDS = 32  # directory descriptors kept open (members arrive sorted, so few are needed)
 
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-# os.link from the previous tree is an optimisation: when it cannot be done, write the file.
-_LINK_FALLBACK = frozenset(
-    {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES, errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
-)
 
 
 @dataclass(frozen=True)
@@ -79,7 +68,7 @@ class ExtractResult:
     archive_size: int
     total_bytes: int  # sum of file sizes
     directories: int
-    reused: int = 0  # files hard-linked from `previous` instead of written
+    reused: int = 0  # files hard-linked from a published tree (archive/reuse.py) instead of written
 
 
 _KIND_WORDS = {"d": "directory", "i": "directory", "f": "file", "l": "symlink"}
@@ -97,112 +86,15 @@ def _read_umask() -> int:
     return 0o777  # unknown: always chmod explicitly
 
 
-class _DirFds:
-    """Directory descriptors under a root, opened one component at a time with O_NOFOLLOW, and a
-    few kept (LRU): members arrive sorted, so the same directories come back."""
-
-    def __init__(self, root_fd: int) -> None:
-        self.root_fd = root_fd
-        self._fds: OrderedDict[str, int] = OrderedDict()
-
-    def get(self, path: str) -> int:
-        if not path:
-            return self.root_fd
-        fd = self._fds.get(path)
-        if fd is not None:
-            self._fds.move_to_end(path)
-            return fd
-        # Start from the deepest ancestor already open.
-        base, base_fd, rest = "", self.root_fd, path
-        probe = path
-        while "/" in probe:
-            probe = probe.rpartition("/")[0]
-            found = self._fds.get(probe)
-            if found is not None:
-                base, base_fd, rest = probe, found, path[len(probe) + 1 :]
-                break
-        del base
-        fd = base_fd
-        for part in rest.split("/"):
-            new = os.open(part, _O_DIR, dir_fd=fd)
-            if fd != base_fd:
-                os.close(fd)
-            fd = new
-        self._fds[path] = fd
-        while len(self._fds) > _DIR_FDS:
-            os.close(self._fds.popitem(last=False)[1])
-        return fd
-
-    def close(self) -> None:
-        while self._fds:
-            os.close(self._fds.popitem()[1])
-
-
-class _Reuse:
-    """Files of the previous generated tree that can be hard-linked instead of written.
-
-    Published trees are never modified (a new generation is a new directory), so sharing inodes
-    between generations is safe. A file is shared only if its mode and mtime match too: both live
-    in the shared inode, and changing them would modify the published tree.
-    """
-
-    def __init__(self, root_fd: int, files: dict[str, Entry]) -> None:
-        self.files = files
-        self.dirs = _DirFds(root_fd)
-        self.count = 0
-
-    @classmethod
-    def open(cls, previous: Path) -> _Reuse | None:
-        """None if the previous tree or its manifest cannot be used: then nothing is reused."""
-        try:
-            root_fd = os.open(previous, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            fd = os.open(MANIFEST_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
-            with open(fd, encoding="utf-8") as f:
-                entries = parse_manifest(f.read())
-        except (OSError, UnicodeDecodeError, ManifestError):
-            os.close(root_fd)
-            return None
-        return cls(root_fd, {e.path: e for e in entries if e.kind == "f"})
-
-    def close(self) -> None:
-        self.dirs.close()
-        os.close(self.dirs.root_fd)
-
-    def link(self, path: str, dest_dir_fd: int, mode: int, mtime_ns: int, size: int) -> bool:
-        parent, _, leaf = path.rpartition("/")
-        try:
-            src_dir_fd = self.dirs.get(parent)
-            st = os.stat(leaf, dir_fd=src_dir_fd, follow_symlinks=False)
-            if not (
-                stat.S_ISREG(st.st_mode)
-                and st.st_size == size
-                and stat.S_IMODE(st.st_mode) == mode
-                and st.st_mtime_ns == mtime_ns
-            ):
-                return False
-            os.link(
-                leaf, leaf, src_dir_fd=src_dir_fd, dst_dir_fd=dest_dir_fd, follow_symlinks=False
-            )
-        except OSError as err:
-            if err.errno in _LINK_FALLBACK:
-                return False
-            raise
-        self.count += 1
-        return True
-
-
 class _Extraction:
     """The state of one extraction: what exists under `dest` (in memory), and the manifest."""
 
-    def __init__(self, root_fd: int, limits: Limits, reuse: _Reuse | None, umask: int) -> None:
+    def __init__(self, root_fd: int, limits: Limits, reuse: Reuse | None, umask: int) -> None:
         self.root_fd = root_fd
         self.limits = limits
         self.reuse = reuse
         self.umask = umask
-        self.dirs = _DirFds(root_fd)
+        self.dirs = DirFds(root_fd, _DIR_FDS)
         # What this extraction made, by path: "d" directory (a member), "i" directory made as
         # a parent (or the top), "f" file, "l" symlink. Only "d"/"i" may be written into.
         self.kinds: dict[str, str] = {"": "i"}
@@ -431,17 +323,11 @@ class _Extraction:
     ) -> None:
         self.kinds[path] = "f"
         reuse = self.reuse
-        known = reuse.files.get(path) if reuse is not None else None
-        if known is not None and known.size == size <= _REUSE_BUFFER_MAX:
-            assert reuse is not None
+        if size <= WHOLE_MAX or (reuse is not None and reuse.has_size(size)):
             data = tar.read(size)
             digest = hashlib.sha256(data).hexdigest()
-            if not (digest == known.sha256 and reuse.link(path, parent_fd, mode, mtime_ns, size)):
+            if reuse is None or not reuse.link(digest, data, parent_fd, leaf, mode):
                 self.create(leaf, parent_fd, (data,), mode, mtime_ns)
-        elif size <= _WHOLE_MAX:
-            data = tar.read(size)
-            digest = hashlib.sha256(data).hexdigest()
-            self.create(leaf, parent_fd, (data,), mode, mtime_ns)
         else:  # large: streamed, never whole in memory
             h = hashlib.sha256()
             self.create(leaf, parent_fd, _hashing(tar.pieces(size), h), mode, mtime_ns)
@@ -495,14 +381,17 @@ def extract_archive(
     *,
     limits: Limits = DEFAULT_LIMITS,
     previous: Path | None = None,
+    reuse_from: Sequence[Path] = (),
     progress: Callable[[int], None] | None = None,
 ) -> ExtractResult:
     """Extract the headers archive `src` into the empty directory `dest`.
 
     Raises ArchiveError for anything wrong with the archive and FilesystemError for a write that
-    failed; either way the caller removes `dest`, and nothing outside it was touched. With
-    `previous` (an earlier tree of ours, with its manifest), unchanged files are hard-linked from
-    it instead of written. `progress`, if given, is called with the tar bytes consumed so far.
+    failed; either way the caller removes `dest`, and nothing outside it was touched. Files equal
+    to one in `previous` (the same release's last tree, looked at first) or in `reuse_from`
+    (published trees with their manifests) are hard-linked from there instead of written, after
+    checking the linked inode holds exactly the member's bytes (archive/reuse.py). `progress`, if
+    given, is called with the tar bytes consumed so far.
     """
     try:
         root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -511,7 +400,8 @@ def extract_archive(
     try:
         if os.listdir(root_fd):
             raise FilesystemError(f"staging directory {dest} is not empty")
-        reuse = _Reuse.open(previous) if previous is not None else None
+        sources = [*([previous] if previous is not None else []), *reuse_from]
+        reuse = Reuse.open(sources, root_fd) if sources else None
         try:
             if isinstance(src, Path):
                 try:
@@ -532,7 +422,7 @@ def _extract_stream(
     stream: BinaryIO,
     root_fd: int,
     limits: Limits,
-    reuse: _Reuse | None,
+    reuse: Reuse | None,
     progress: Callable[[int], None] | None,
 ) -> ExtractResult:
     state = _Extraction(root_fd, limits, reuse, _read_umask())
