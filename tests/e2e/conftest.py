@@ -14,7 +14,7 @@ from tests.conftest import CorpusKernel, corpus_kernel
 if TYPE_CHECKING:
     from .test_boot import Chains
 
-from . import arm64_guest, vm
+from . import arm64_guest, systemd_guest, vm
 
 # The kernel whose kheaders.ko the tool must load itself (CONFIG_IKHEADERS=m): its initramfs
 # leaves the module out and the guest root gets it under lib/modules, found by modprobe.
@@ -92,6 +92,12 @@ def state(tmp_path: Path) -> vm.GuestState:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if systemd_guest.SETUP_TIMES or systemd_guest.UNIT_TIMES:
+        terminalreporter.section("systemd boots: root preparation, and kheaders-pkg.service")
+        for what, seconds in systemd_guest.SETUP_TIMES:
+            terminalreporter.write_line(f"{seconds:7.1f} s  host: {what}")
+        for boot, seconds in systemd_guest.UNIT_TIMES:
+            terminalreporter.write_line(f"{seconds:7.1f} s  kheaders-pkg.service, {boot} boot")
     if arm64_guest.SETUP_TIMES:
         terminalreporter.section("arm64 guest: userland preparation on the host")
         for what, seconds in arm64_guest.SETUP_TIMES:
