@@ -18,6 +18,7 @@ from kheaders_pkg.errors import ExitCode, KbuildError, KheadersError, missing_pa
 
 if TYPE_CHECKING:
     from kheaders_pkg.config import Config
+    from kheaders_pkg.diskuse import DiskUse
     from kheaders_pkg.kbuild import KbuildRecord
     from kheaders_pkg.layout import Layout
     from kheaders_pkg.sync import Judgement, SyncResult
@@ -147,7 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     kernel_arg(s)
 
     s = command("remove", help="a kernel is going away: remove our tree and links for it")
-    kernel_arg(s, required=True)
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--kernel", metavar="KVER", help="the kernel that is going away")
+    which.add_argument(
+        "--all",
+        action="store_true",
+        help="every kernel we made a tree for (the tool itself is being removed)",
+    )
 
     s = command("emit", help="build a .deb, .rpm or .pkg.tar.zst of the generated tree")
     kernel_arg(s)
@@ -185,7 +192,7 @@ def _layout_and_config(args: argparse.Namespace) -> tuple[Layout, Config]:
     base = Layout(root=args.root, kernel_fs=args.kernel_fs)
     config_path = args.config if args.config is not None else base.config_file()
     config = load_config(config_path, required=args.config is not None)
-    mode = publish_mode(base, config.publish)
+    mode = publish_mode(replace(base, trees_dir=config.trees_dir), config.publish)
     layout = Layout(
         root=args.root,
         kernel_fs=args.kernel_fs,
@@ -282,6 +289,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     layout, _ = _layout_and_config(args)
     j = judge(layout, args.kernel, thorough=True)
     obj = _status_object(j)
+    disk = _disk_use(layout)
+    obj["disk"] = {**asdict(disk), "shared_bytes": disk.shared_bytes}
     if args.json:
         print(json.dumps(obj, indent=1, default=str))
         return 0
@@ -309,7 +318,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"verdict: {j.verdict.kind}: {j.verdict.reason}")
     for r in _remarks(j):
         print(f"  note: {r}")
+    print(
+        f"disk:    {_mib(disk.bytes)} in {disk.trees} trees of all kernels "
+        f"(shared files counted once; {_mib(disk.shared_bytes)} shared)"
+    )
     return 0
+
+
+def _disk_use(layout: Layout) -> DiskUse:
+    """Every kernel's complete generations, each inode's blocks once (diskuse.py)."""
+    from kheaders_pkg.diskuse import disk_use
+    from kheaders_pkg.publish import published_generations
+
+    return disk_use(published_generations(layout))
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 def _kbuild_object(j: Judgement) -> dict[str, object] | None:
@@ -474,12 +499,21 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from kheaders_pkg.sync import remove
+    from kheaders_pkg.sync import releases_with_records, remove
 
     layout, config = _layout_and_config(args)
-    removed = remove(layout, config, args.kernel)
-    if not args.quiet:
-        print(f"removed {len(removed)} path(s) for {args.kernel}")
+    if args.all:
+        from kheaders_pkg.sync import releases_with_trees
+
+        # Every release under the configured trees_dir (package removal scripts call this
+        # rather than globbing a default path), and any whose links we recorded.
+        releases = sorted(set(releases_with_trees(layout)) | set(releases_with_records(layout)))
+    else:
+        releases = [args.kernel]
+    for release in releases:
+        removed = remove(layout, config, release)
+        if not args.quiet:
+            print(f"removed {len(removed)} path(s) for {release}")
     return 0
 
 

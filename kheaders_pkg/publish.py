@@ -27,8 +27,12 @@ from pathlib import Path, PurePosixPath
 
 from kheaders_pkg.errors import BusyError, FilesystemError, KheadersError, UnsafePathError
 from kheaders_pkg.layout import (
+    DEFAULT_TREES_DIR,
     GENERATION_PREFIX,
+    MANIFEST_NAME,
     STAGING_PREFIX,
+    STAMP_NAME,
+    VAR_TREES_DIR,
     Layout,
     LinkName,
     PublishMode,
@@ -38,8 +42,7 @@ log = logging.getLogger("kheaders-pkg")
 
 TRASH_PREFIX = ".trash-"
 TMP_LINK_SUFFIX = ".kheaders-pkg-new"
-GENERATION_RE = re.compile(r"^gen-(\d{4,})-([0-9a-f]{1,40})$")
-_GEN = GENERATION_RE
+_GEN = re.compile(r"^gen-(\d{4,})-([0-9a-f]{1,40})$")
 
 # Test-only fault injection: tests/test_reliability_crash.py sets KHEADERS_PKG_CRASH_AT=<point>
 # to SIGKILL this process at a named point and prove that a crash there leaves a consistent root.
@@ -165,6 +168,45 @@ def generations(layout: Layout, release: str) -> list[Generation]:
         if m:
             gens.append(Generation(int(m.group(1)), name, base / name))
     return sorted(gens, key=lambda g: g.number)
+
+
+def complete_generations(trees_dir: Path) -> list[Path]:
+    """Every generation under a trees directory with a stamp and a manifest (the stamp is written
+    last: a generation with one is complete), releases by name, newest generation first."""
+    found: list[Path] = []
+    try:
+        releases = sorted(os.scandir(trees_dir), key=lambda e: e.name)
+    except OSError:
+        return found
+    for rel in releases:
+        if rel.name.startswith(".") or not rel.is_dir(follow_symlinks=False):
+            continue  # staging, trash, the lock; a symlink is not ours to follow
+        try:
+            gens = [e for e in os.scandir(rel.path) if _GEN.match(e.name)]
+        except OSError:
+            continue
+        for g in sorted(gens, key=lambda e: e.name, reverse=True):
+            p = Path(g.path)
+            if (
+                g.is_dir(follow_symlinks=False)
+                and os.path.isfile(p / STAMP_NAME)
+                and os.path.isfile(p / MANIFEST_NAME)
+            ):
+                found.append(p)
+    return found
+
+
+def published_generations(layout: Layout) -> list[Path]:
+    """The complete generations of every kernel, under the trees directory in use and under the
+    other place generations live (the default under /usr; /var for publish = sysext/var): after
+    a switch of mode both hold trees that share files."""
+    roots: list[Path] = []
+    for inside in (layout.trees_dir, DEFAULT_TREES_DIR, VAR_TREES_DIR):
+        with suppress(OSError, KheadersError):  # an unsafe or missing place holds none of ours
+            root = layout.host(inside)
+            if root.is_dir() and root not in roots:
+                roots.append(root)
+    return [g for root in roots for g in complete_generations(root)]
 
 
 def generation_name(number: int, ident: str) -> str:

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, BinaryIO
 from kheaders_pkg import __version__
 from kheaders_pkg.archive.extract import ExtractResult, extract_archive
 from kheaders_pkg.archive.manifest import Entry, render_manifest
-from kheaders_pkg.archive.reuse import complete_generations
 from kheaders_pkg.errors import KheadersError, UnsupportedError
 from kheaders_pkg.kernel.btf import (
     VMLINUX_H,
@@ -35,13 +34,7 @@ from kheaders_pkg.kernel.btf import (
 )
 from kheaders_pkg.kernel.identity import ArchiveRef, KernelFacts
 from kheaders_pkg.kernel.kconfig import autoconf_disagreements, render_auto_conf
-from kheaders_pkg.layout import (
-    DEFAULT_TREES_DIR,
-    MANIFEST_NAME,
-    STAMP_NAME,
-    VAR_TREES_DIR,
-    Layout,
-)
+from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
 
 if TYPE_CHECKING:
     from kheaders_pkg.kbuild import KbuildRecord
@@ -53,6 +46,7 @@ from kheaders_pkg.publish import (
     generation_name,
     generations,
     new_staging,
+    published_generations,
     remove_tree,
     write_new_file,
 )
@@ -135,15 +129,8 @@ def added_files(facts: KernelFacts) -> dict[str, bytes]:
 def reuse_sources(layout: Layout, release: str) -> list[Path]:
     """Every complete generation a new tree may share files with (archive/reuse.py): this
     release's first (newest first: a re-sync keeps the archive's mtimes), then every other
-    kernel's, under the trees directory in use and under the other place generations live (the
-    default under /usr and /var for publish = sysext/var: both exist after a switch of mode)."""
-    roots: list[Path] = []
-    for inside in (layout.trees_dir, DEFAULT_TREES_DIR, VAR_TREES_DIR):
-        with suppress(OSError, KheadersError):  # an unsafe or missing place: not a source
-            root = layout.host(inside)
-            if root.is_dir() and root not in roots:
-                roots.append(root)
-    found = [g for root in roots for g in complete_generations(root)]
+    kernel's, wherever generations live (publish.published_generations)."""
+    found = published_generations(layout)
     return sorted(found, key=lambda g: g.parent.name != release)  # stable: newest first kept
 
 

@@ -107,35 +107,6 @@ class Published:
     size: int
 
 
-def complete_generations(trees_dir: Path) -> list[Path]:
-    """Every generation under a trees directory that has a stamp and a manifest (publish.py: the
-    stamp is written last, so a generation with one is complete), newest first per release."""
-    from kheaders_pkg.layout import STAMP_NAME
-    from kheaders_pkg.publish import GENERATION_RE
-
-    found: list[Path] = []
-    try:
-        releases = sorted(os.scandir(trees_dir), key=lambda e: e.name)
-    except OSError:
-        return found
-    for rel in releases:
-        if rel.name.startswith(".") or not rel.is_dir(follow_symlinks=False):
-            continue  # staging, trash, the lock; a symlink is not ours to follow
-        try:
-            gens = [e for e in os.scandir(rel.path) if GENERATION_RE.match(e.name)]
-        except OSError:
-            continue
-        for g in sorted(gens, key=lambda e: e.name, reverse=True):
-            p = Path(g.path)
-            if (
-                g.is_dir(follow_symlinks=False)
-                and os.path.isfile(p / STAMP_NAME)
-                and os.path.isfile(p / MANIFEST_NAME)
-            ):
-                found.append(p)
-    return found
-
-
 class Reuse:
     """The index over the source trees, and the checked link from them into a new tree."""
 
