@@ -232,3 +232,56 @@ def test_crash_hook_is_inert_without_the_variable(tmp_path: Path) -> None:
     root = tmp_path / "root"
     r = run_cli(root, kfs, "sync", crash_at="no-such-point")
     assert r.returncode == 0, r.stderr
+
+
+# Cross-kernel reuse (archive/reuse.py): the new kernel's extraction hard-links the old kernel's
+# files. A kill while linking, or a kill of `remove --kernel OLD` once they share inodes, must
+# leave every published tree complete, and the next run converges.
+CROSS_POINTS = ("after-extract", "before-stamp", "before-syncfs", "after-rename-generation")
+
+
+@pytest.mark.slow
+def test_second_kernel_sync_killed_while_linking_leaves_both_trees_complete(
+    scratch: Path,
+) -> None:
+    old, new = corpus_kernel("debian-6.1.0-56-amd64"), corpus_kernel("kh-6.1.192-kh-a")
+    root = scratch / "root"
+    root.mkdir()
+    assert run_cli(root, old.sysroot, "sync").returncode == 0
+    old_tree = published_trees(root, old.release)["build"]
+    rng = random.Random(20261202)
+    chain = Chain(root, (new.sysroot,), new.release, (), rng, 20261202, points_hit={})
+    failures: list[str] = []
+    code: int | None
+    for i, mode in enumerate(("point", "point", "staging", "staging", "random", "remove-old")):
+        if mode == "remove-old":
+            assert run_cli(root, new.sysroot, "sync").returncode == 0
+            shared = published_trees(root, new.release)["build"] / "include/linux/list.h"
+            assert shared.stat().st_nlink >= 2  # the inode is the old kernel's
+            point = "after-trash-rename"
+            p = run_cli(root, None, "remove", "--kernel", old.release, crash_at=point)
+            what, code = f"remove --kernel OLD at {point}", p.returncode
+        else:
+            what, code = _kill_sync(chain, new.sysroot, mode, 1.5)
+        tag = f"trial {i} ({what}, exit {code})"
+        if mode != "remove-old" and (problems := tree_problems(old_tree)):
+            failures.append(f"{tag}: the old kernel's tree changed: {problems[:3]}")
+        for tree in published_trees(root, new.release).values():
+            if problems := tree_problems(tree):
+                failures.append(f"{tag}: the new kernel's tree incomplete: {problems[:3]}")
+        # Converge: the new kernel's tree complete, nothing left behind.
+        p = run_cli(root, new.sysroot, "sync")
+        if p.returncode != 0:
+            failures.append(f"{tag}: converging sync exit {p.returncode}: {p.stderr.strip()}")
+        new_tree = published_trees(root, new.release).get("build")
+        if new_tree is None or (problems := tree_problems(new_tree)):
+            failures.append(f"{tag}: after converging, new tree incomplete: {new_tree}")
+        if mode != "remove-old":
+            if run_cli(root, None, "remove", "--kernel", new.release).returncode != 0:
+                failures.append(f"{tag}: remove --kernel NEW failed")
+        if left := leftovers(root):
+            failures.append(f"{tag}: leftovers: {left}")
+    assert not failures, "\n".join(failures)
+    # The last trial: the old kernel is gone (the converging run cleaned up its trash).
+    assert not old_tree.exists()
+    assert chain.points_hit, "no named point was reached"
