@@ -92,6 +92,7 @@ def corpus_modules(kernel: CorpusKernel) -> dict[str, ELFFile]:
 RECOVERY = {
     KBUILD_KERNEL: (10503, 194, 1042),
     "debian-6.1.0-56-arm64": (10973, 140, 883),
+    "debian-6.12.107+deb13-amd64": (11235, 146, 844),
 }
 
 
