@@ -195,20 +195,24 @@ def is_live(layout: Layout) -> bool:
 
 
 def usr_writable(layout: Layout) -> bool:
-    """False on ostree (it marks itself) and where /usr is a read-only mount (Flatcar, COS, a
-    merged systemd-sysext overlay). statvfs asks the mount; it writes nothing.
-
-    /usr/src is asked first: kheaders-pkg.service runs with ProtectSystem=strict, which makes /usr
-    a read-only bind mount and /usr/src (ReadWritePaths=) a writable one, where the tree goes."""
+    """False on ostree (it marks itself), and where /usr is a read-only mount (Flatcar, COS, a
+    merged systemd-sysext overlay) with the trees dir on it. A read-only /usr with a writable
+    filesystem mounted for the trees dir (/usr/src) is written as usual. statvfs asks the mount;
+    it writes nothing."""
     if os.path.lexists(layout.host(OSTREE_BOOTED)):
         return False
-    for inside in ("/usr/src", "/usr"):
+    return not (_read_only(layout.host("/usr")) and _read_only(layout.host(layout.trees_dir)))
+
+
+def _read_only(path: Path) -> bool:
+    """Whether the filesystem that holds `path` (or its nearest existing parent) is read-only."""
+    while True:
         try:
-            st = os.statvfs(layout.host(inside))
-        except FileNotFoundError:
-            continue
-        return not st.f_flag & os.ST_RDONLY
-    return True  # a bare scratch root: /usr is created on the root's filesystem
+            return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            if path.parent == path:
+                return False
+            path = path.parent
 
 
 def sysext_binary(layout: Layout) -> str | None:

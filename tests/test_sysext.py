@@ -469,3 +469,30 @@ def test_concurrent_syncs_make_one_generation_and_one_extension(tmp_path: Path) 
     assert len(os.listdir(root / TREES / RELEASE)) == 1
     assert tree_problems(published(root)) == []
     assert hidden_leftovers(root) == []
+
+
+@pytest.mark.integration
+def test_read_only_usr_with_writable_mounts_for_the_trees_and_links_stays_a_tree(
+    tmp_path: Path,
+) -> None:
+    # As the e2e harness boots kernels without overlayfs: /usr read-only, with writable
+    # filesystems mounted at /usr/src and /usr/lib/modules. Nothing calls for an extension.
+    root = image_root(tmp_path / "root")
+    (root / "usr/src").mkdir()
+    (root / "usr/lib/modules").mkdir()
+    kfs = copy_sysroot(KH_A, tmp_path / "kfs")
+    script = 'mount --bind "$1/usr" "$1/usr" && mount -o remount,bind,ro "$1/usr" && '
+    script += 'mount -t tmpfs tmpfs "$1/usr/src" && mount -t tmpfs tmpfs "$1/usr/lib/modules" && '
+    script += 'shift && "$@" sync && "$@" check && readlink "$R/lib/modules/$V/build"'
+    argv = [str(TOOL), "--root", str(root), "--kernel-fs", str(kfs)]
+    done = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script, "sh", str(root), *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "R": str(root), "V": RELEASE},
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert done.stdout.strip().splitlines()[-1].startswith(f"/usr/src/kheaders-pkg/{RELEASE}/gen-")
+    assert not (root / "var/lib/extensions").exists()
