@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class Options:
     scale: tuple[int, ...]  # figure 6
     warmup: int = 1  # unmeasured pairs before each interleaved loop
     deb: Path | None = None  # figure 1: the tool's .deb to time as installed (else built)
+    quick: bool = False  # figure 7: one pair, two kernels
     # Peak RSS of every sync we ran, per case, for figure 4.
     rss: dict[str, list[int]] = field(default_factory=dict)
 
@@ -312,7 +314,51 @@ def figure2(o: Options) -> list[Result]:
             note=f"stretch 0.7x: {'met' if Spread.of(r).median <= 0.7 else 'not met'}",
         )
         rows.append(row)
+        rows.append(_figure2_fresh_fs(o, kernel))
     return rows
+
+
+@contextmanager
+def fresh_ext4(where: Path, size_mib: int = 512) -> Iterator[Path]:
+    """A newly made ext4 (mkfs.ext4 on an image file, loop-mounted) at `where`/mnt: no recently
+    freed inode slots for either tool to skip (README, figure 2), as on a new machine."""
+    image, mnt = where / "fs.img", where / "mnt"
+    remove(mnt)
+    mnt.mkdir(parents=True)
+    with open(image, "wb") as f:
+        f.truncate(size_mib << 20)
+    run(["mkfs.ext4", "-q", "-F", image])
+    run(["mount", "-o", "loop", image, mnt])
+    try:
+        yield mnt
+    finally:
+        run(["umount", mnt])
+        image.unlink()
+        mnt.rmdir()
+
+
+def _figure2_fresh_fs(o: Options, kernel: str) -> Result:
+    where = o.workdir / "f2-fresh" / kernel
+
+    def ours(_: int) -> float:
+        with fresh_ext4(where) as fs:
+            r = sync(fs / "root", kernel)
+            return r.wall
+
+    def baseline(_: int) -> float:
+        with fresh_ext4(where) as fs:
+            return _tar(kernel, fs)
+
+    a, b, r = interleaved(ours, baseline, o.runs, warmup=o.warmup)
+    return ratio_result(
+        "2 full regeneration",
+        f"sync {kernel} vs tar -xJf && sync -f, each on a freshly made ext4",
+        a,
+        b,
+        r,
+        1.0,
+        note="mkfs.ext4 + loop mount per run, not timed",
+    )
 
 
 # --- figure 3: re-sync after a small change ------------------------------------------------------
@@ -662,6 +708,149 @@ def _scaling_row(
     )
 
 
+# --- figure 7: kernel upgrade ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """Kernel `new` synced into a root that holds kernel `old`'s tree."""
+
+    old: str
+    new: str
+    kind: str
+    time_limit: float | None  # x tar
+    disk_limit: float | None  # % of a full tree; None: the share of differing files + 5 points
+
+
+UPGRADES = (
+    Upgrade("debian-6.1.0-56-amd64", "kh-6.1.192-kh-a", "same source", 0.35, 10.0),
+    Upgrade(
+        "debian-6.1.0-56-amd64", "debian-6.12.107+deb13-amd64", "adjacent releases", None, None
+    ),
+)
+# Distinct releases, in the order a machine might get them (kh-b is kh-a's release again).
+N_KERNELS = ("debian-6.1.0-56-amd64", "kh-6.1.192-kh-a", "debian-6.12.107+deb13-amd64")
+
+
+def _manifest_files(tree: Path) -> dict[str, str]:
+    out = {}
+    for line in (tree / ".kheaders-pkg.manifest").read_text().splitlines():
+        kind, digest, _, path = line.split("\t")
+        if kind == "f":
+            out[path] = digest
+    return out
+
+
+def _differing_share(old: Path, new: Path) -> float:
+    """% of the new tree's files whose content is in no file of the old tree."""
+    have = set(_manifest_files(old).values())
+    files = _manifest_files(new)
+    return 100 * sum(d not in have for d in files.values()) / len(files)
+
+
+def figure7(o: Options) -> list[Result]:
+    rows: list[Result] = []
+    for u in UPGRADES[:1] if o.quick else UPGRADES:
+        rows += _upgrade_rows(o, u)
+    rows.append(_kernels_disk(o, N_KERNELS[:2] if o.quick else N_KERNELS))
+    return rows
+
+
+def _upgrade_rows(o: Options, u: Upgrade) -> list[Result]:
+    where = o.workdir / "f7" / u.new
+    new_disk: list[float] = []
+    full: list[float] = []
+    differ: list[float] = []
+    rss: list[float] = []
+
+    def ours(i: int) -> float:
+        root = where / "root"
+        remove(root)
+        sync(root, u.old)
+        r = sync(root, u.new)
+        old_tree, new_tree = (
+            build_link(root, release_of(u.old)),
+            build_link(root, release_of(u.new)),
+        )
+        if i >= 0:
+            seen: set[tuple[int, int]] = set()
+            tree_blocks(old_tree, seen=seen)
+            added, _ = tree_blocks(new_tree, seen=seen)  # blocks no inode of the old tree has
+            new_disk.append(added)
+            full.append(tree_blocks(new_tree)[0])
+            differ.append(_differing_share(old_tree, new_tree))
+            rss.append(r.maxrss_kib / 1024)
+        remove(root)
+        return r.wall
+
+    a, b, r = interleaved(ours, lambda _: _tar(u.new, where), o.runs, warmup=o.warmup)
+    case = f"sync {u.new} into a root holding {u.old} ({u.kind})"
+    rows = [
+        ratio_result("7 kernel upgrade", f"{case} vs tar -xJf && sync -f", a, b, r, u.time_limit)
+    ]
+    share = Spread.of([100 * x / y for x, y in zip(new_disk, full, strict=True)])
+    differing = Spread.of(differ).median
+    limit = u.disk_limit if u.disk_limit is not None else differing + 5
+    rows.append(
+        Result(
+            "7 kernel upgrade",
+            f"{case}: new disk blocks / a full tree",
+            "%",
+            Spread.of([mib(x) for x in new_disk]),
+            Spread.of([mib(x) for x in full]),
+            share,
+            f"<= {limit:.1f}%",
+            share.median <= limit,
+            len(new_disk),
+            note=f"columns in MiB: new / full tree; files that differ: {differing:.1f}%",
+            extra={"differing_files_pct": differing},
+        )
+    )
+    s = Spread.of(rss)
+    rows.append(
+        Result(
+            "7 kernel upgrade",
+            f"{case}: peak RSS",
+            "MiB",
+            s,
+            None,
+            None,
+            f"<= {RSS_LIMIT_MIB:g} MiB",
+            s.max <= RSS_LIMIT_MIB,
+            len(rss),
+            note="wait4() ru_maxrss of the sync process",
+        )
+    )
+    return rows
+
+
+def _kernels_disk(o: Options, kernels: Sequence[str]) -> Result:
+    """N kernels in one root: disk with shared inodes counted once, against N full trees."""
+    root = o.workdir / "f7" / "n-kernels"
+    remove(root)
+    used: list[float] = []
+    separate = 0.0
+    for k in kernels:
+        sync(root, k)
+        used.append(mib(tree_blocks(root / "usr/src/kheaders-pkg")[0]))
+        separate += mib(tree_blocks(build_link(root, release_of(k)))[0])
+    remove(root)
+    n = len(kernels)
+    return Result(
+        "7 kernel upgrade",
+        f"disk of {n} kernels' trees in one root / {n} full trees",
+        "MiB",
+        Spread(used[-1], used[-1], used[-1]),
+        Spread(separate, separate, separate),
+        Spread(used[-1] / separate, used[-1] / separate, used[-1] / separate),
+        "",
+        None,
+        1,
+        note=f"{', '.join(kernels)}; MiB after each sync: " + ", ".join(f"{x:.1f}" for x in used),
+        extra={"mib_after_each_sync": used, "mib_separate": separate},
+    )
+
+
 FIGURES = {
     "1": figure1,
     "2": figure2,
@@ -669,4 +858,5 @@ FIGURES = {
     "4": figure4,
     "5": figure5,
     "6": figure6,
+    "7": figure7,
 }

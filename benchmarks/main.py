@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         scale=(1, 3) if quick else (1, 10, 50),
         warmup=0 if quick else 1,
         deb=args.deb,
+        quick=quick,
     )
     # Installed, the tool is byte-compiled (Debian's py3compile); this environment may set
     # PYTHONDONTWRITEBYTECODE, which would make every child recompile kheaders_pkg from source.

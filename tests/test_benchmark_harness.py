@@ -43,7 +43,7 @@ def test_quick_benchmark_runs_every_figure(tmp_path: Path, built_deb: Path) -> N
     assert data["quick"] is True
     assert data["errors"] == {}
     figures = {row["figure"].split()[0] for row in data["rows"]}
-    assert figures == {"1", "2", "3", "4", "5", "6"}
+    assert figures == {"1", "2", "3", "4", "5", "6", "7"}
     for row in data["rows"]:
         assert row["passed"] in (True, False, None)
         if row["ratio"] is not None:
