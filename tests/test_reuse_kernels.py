@@ -46,12 +46,19 @@ def kfs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {k.release: copy_sysroot(k, base / k.release) for k in (OLD, NEW)}
 
 
-@pytest.fixture
-def root_with_old(tmp_path: Path, kfs: dict[str, Path]) -> Path:
-    root = tmp_path / "root"
+@pytest.fixture(scope="module")
+def synced_old(tmp_path_factory: pytest.TempPathFactory, kfs: dict[str, Path]) -> Path:
+    root = tmp_path_factory.mktemp("old") / "root"
     root.mkdir()
     _ok(run_cli(root, kfs[OLD.release], "sync"))
     return root
+
+
+@pytest.fixture
+def root_with_old(tmp_path: Path, synced_old: Path) -> Path:
+    """A private copy of a root holding the old kernel's tree (cp -a keeps links and modes)."""
+    subprocess.run(["cp", "-a", str(synced_old), str(tmp_path / "root")], check=True)
+    return tmp_path / "root"
 
 
 def test_the_new_kernels_tree_links_the_files_the_old_one_published(

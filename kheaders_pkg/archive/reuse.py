@@ -212,8 +212,9 @@ class Reuse:
                 and st.st_size == len(data)
             ):
                 return False
-            # One byte more than expected: a file that grew after the fstat is caught too.
-            return _read_upto(fd, len(data) + 1) == data
+            # Exactly st_size bytes (one read(2) for a regular file): a write after this check
+            # is a write to every tree sharing the inode, which `verify` reports, as for any link.
+            return _read_upto(fd, len(data)) == data
         except OSError:
             return False
         finally:
