@@ -42,6 +42,26 @@ echo "fast_check_loads_fastcheck=$(grep -c 'kheaders_pkg.fastcheck' "$W/imports"
 """
 
 
+# A tree at the real paths (inside the namespace) under a configured trees_dir: removing the
+# package must take it away (its scripts ask the tool, `remove --all`, instead of globbing).
+_REAL_TREE = """\
+printf 'trees_dir = "/var/kh-trees"\\n' >/etc/kheaders-pkg.toml
+$kh --kernel-fs "$K" -q sync; echo "real_sync=$?"
+echo "real_trees=$(ls /var/kh-trees | wc -l)"
+echo "real_link=$(readlink /lib/modules/$REL/build)"
+"""
+_REAL_TREE_LEFT = """\
+echo "real_trees_left=$(ls /var/kh-trees 2>/dev/null | wc -l)"
+echo "real_link_left=$(ls -d /lib/modules/$REL/build 2>/dev/null | wc -l)"
+"""
+
+
+def _check_real_tree_removed(facts: dict[str, str]) -> None:
+    assert facts["real_sync"] == "0" and facts["real_trees"] == "1", facts
+    assert facts["real_link"].startswith("/var/kh-trees/"), facts
+    assert facts["real_trees_left"] == "0" and facts["real_link_left"] == "0", facts
+
+
 def _facts(out: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
@@ -78,7 +98,9 @@ def test_deb_installed_runs_the_fast_path_with_compiled_bytecode(
     script = (
         'dpkg -i "$PKG" >"$W/dpkg.log" 2>&1 || { cat "$W/dpkg.log"; exit 1; }\n'
         + _EXERCISE
+        + _REAL_TREE
         + 'dpkg --purge kheaders-pkg >>"$W/dpkg.log" 2>&1; echo "purge=$?"\n'
+        + _REAL_TREE_LEFT
         + 'echo "left=$(ls -A /usr/share/kheaders-pkg 2>/dev/null | wc -l)"\n'
         + 'echo "unit_left=$(ls /lib/systemd/system/kheaders-pkg* 2>/dev/null | wc -l)"\n'
     )
@@ -88,6 +110,7 @@ def test_deb_installed_runs_the_fast_path_with_compiled_bytecode(
     _check_exercise(facts, tmp_path)
     assert facts["purge"] == "0" and facts["left"] == "0", p.stdout
     assert facts["unit_left"] == "0"
+    _check_real_tree_removed(facts)
 
 
 @pytest.mark.integration
@@ -101,7 +124,9 @@ def test_rpm_installed_runs_the_fast_path_with_compiled_bytecode(
         f'{rpm} -i --nodeps "$PKG" >"$W/rpm.log" 2>&1 '
         '|| { cat "$W/rpm.log"; exit 1; }\n'
         + _EXERCISE
+        + _REAL_TREE
         + f'{rpm} -e kheaders-pkg >>"$W/rpm.log" 2>&1; echo "erase=$?"\n'
+        + _REAL_TREE_LEFT
         + 'echo "left=$(ls -A /usr/share/kheaders-pkg 2>/dev/null | wc -l)"\n'
     )
     p = in_private_root(script, tmp_path, **_env(tmp_path, built_rpm))
@@ -109,3 +134,4 @@ def test_rpm_installed_runs_the_fast_path_with_compiled_bytecode(
     facts = _facts(p.stdout)
     _check_exercise(facts, tmp_path)
     assert facts["erase"] == "0" and facts["left"] == "0", p.stdout
+    _check_real_tree_removed(facts)

@@ -6,8 +6,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from debian_inspector import debcon
-
 from kheaders_pkg.distro.base import Owner, PackageFamily, path_aliases, tool
 from kheaders_pkg.distro.contents import (
     installed_size_kib,
@@ -141,12 +139,10 @@ class Dpkg(PackageFamily):
         for paragraph in status.split("\n\n"):
             if not paragraph.startswith(f"Package: {package_name}\n"):
                 continue
-            data = debcon.get_paragraph_data(paragraph)
-            state = str(data.get("status", "")).split()
+            state = (_field(paragraph, "Status") or "").split()
             if state[-1:] in (["not-installed"], ["config-files"]):
                 continue
-            version = data.get("version")
-            return str(version) if version else None
+            return _field(paragraph, "Version")
         return None
 
     @classmethod
@@ -209,3 +205,14 @@ def _parents(inside_dir: str) -> set[str]:
     """The directories above the tree that a .deb also carries (/usr, /usr/src, ...)."""
     parts = inside_dir.strip("/").split("/")
     return {"/".join(parts[:i]) for i in range(1, len(parts))}
+
+
+def _field(paragraph: str, name: str) -> str | None:
+    """A single-line field of a dpkg status paragraph (Status and Version always are single-line,
+    deb-control(5)). Read here, not through a library: the distribution's packages of this tool
+    depend on python3-jinja2 only, and `remove` must work from them (package removal calls it)."""
+    prefix = f"{name.lower()}:"
+    for line in paragraph.splitlines():
+        if line[:1] not in (" ", "\t") and line.lower().startswith(prefix):
+            return line[len(prefix) :].strip() or None
+    return None
