@@ -5,6 +5,7 @@ packages emitted for the tree, which carry the kernel's architecture and install
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import lzma
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from kheaders_pkg.kernel.kmod import config_from_module, find_module, kheaders_archive_from_module
 from kheaders_pkg.kernel.machine import KernelArch, autoconf_as_config, kernel_arch, tree_arch
 from tests.conftest import CorpusKernel, corpus_kernel, make_dpkg_root
 
@@ -211,3 +213,31 @@ def test_every_corpus_tree_source_names_its_architecture(corpus: CorpusKernel) -
         (corpus_kernel("debian-6.1.0-56-amd64").sysroot / "proc/config.gz").read_bytes()
     ))  # fmt: skip
     assert x86 is not None and x86.deb == "amd64"
+
+
+# --- the arm64 modules (ELF64 relocatables, EM_AARCH64) in every installed form ----------------
+
+
+def _compressed(data: bytes, suffix: str) -> bytes:
+    if suffix == ".xz":
+        return lzma.compress(data, check=lzma.CHECK_CRC32)
+    if suffix == ".gz":
+        return gzip.compress(data, compresslevel=1)
+    if suffix == ".zst":
+        zstd = ["zstd", "-1", "-q", "-c"]
+        return subprocess.run(zstd, input=data, capture_output=True, check=True).stdout
+    return data
+
+
+@pytest.mark.parametrize("suffix", ["", ".xz", ".zst", ".gz"])
+def test_arm64_kheaders_and_configs_modules_are_read_in_every_form(
+    corpus: CorpusKernel, tmp_path: Path, suffix: str
+) -> None:
+    for name in ("kheaders", "configs"):
+        data = (corpus.modules / f"{name}.ko").read_bytes()
+        assert data[18:20] == (183).to_bytes(2, "little")  # e_machine EM_AARCH64
+        (tmp_path / f"{name}.ko{suffix}").write_bytes(_compressed(data, suffix))
+    archive = kheaders_archive_from_module(find_module(tmp_path, "kheaders") or tmp_path)
+    assert hashlib.sha256(archive).hexdigest() == corpus.expected["kheaders_tar_xz_sha256"]
+    config = config_from_module(find_module(tmp_path, "configs") or tmp_path)
+    assert hashlib.sha256(config).hexdigest() == corpus.expected["config_sha256"]
