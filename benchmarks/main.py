@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="scratch directory, created and removed (default ./scratch/bench-XXXX, on the "
         "filesystem of the trees)",
     )
+    p.add_argument(
+        "--kernels", default=None, help="comma-separated corpus kernels for figures 2 and 4"
+    )
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the results")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     p.add_argument(
@@ -94,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         workdir=workdir,
         runs=1 if quick else args.runs,
         check_runs=3 if quick else args.check_runs,
-        kernels=("kh-6.1.192-kh-a",) if quick else KERNELS,
+        kernels=(
+            tuple(args.kernels.split(","))
+            if args.kernels
+            else ("kh-6.1.192-kh-a",)
+            if quick
+            else KERNELS
+        ),
         generations=2 if quick else 5,
         scale=(1, 3) if quick else (1, 10, 50),
         warmup=0 if quick else 1,

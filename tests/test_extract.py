@@ -15,6 +15,7 @@ import pytest
 
 from kheaders_pkg.archive.extract import ExtractResult, extract_archive
 from kheaders_pkg.archive.manifest import parse_manifest, render_manifest, verify_tree
+from kheaders_pkg.archive.reuse import Reuse
 from kheaders_pkg.errors import ArchiveError, FilesystemError
 from kheaders_pkg.layout import MANIFEST_NAME
 from tests.archive_util import archive, directory, extract_bytes, hardlink, regular, symlink
@@ -224,6 +225,27 @@ def test_reuse_links_an_equal_file_from_another_kernels_tree(tmp_path: Path) -> 
         assert (new / e.path).stat().st_nlink >= 2, e.path
     assert verify_tree(new, result.entries) == []
     assert verify_tree(old, old_result.entries) == []
+
+
+def test_reuse_index_holds_one_entry_per_digest_and_stops_at_its_bound(tmp_path: Path) -> None:
+    """Memory grows with the distinct files published, not with the number of trees."""
+    a = corpus_kernel("kh-6.1.192-kh-a")
+    trees = []
+    for name in ("one", "two"):
+        tree = _fresh_dir(tmp_path / name)
+        trees.append(_publish_like(tree, extract_archive(a.archive, tree)))
+    digests = {e.sha256 for e in parse_manifest((trees[0] / MANIFEST_NAME).read_text()) if e.sha256}
+    dest = os.open(_fresh_dir(tmp_path / "new"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        both = Reuse.open(trees, dest)
+        bounded = Reuse.open(trees, dest, limit=100)
+        assert both is not None and bounded is not None
+        assert len(both.index) == len(digests)  # the second, equal tree adds nothing
+        assert len(bounded.index) == 100
+        both.close()
+        bounded.close()
+    finally:
+        os.close(dest)
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
