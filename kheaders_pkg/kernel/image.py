@@ -145,12 +145,12 @@ def kernel_image(data: bytes) -> KernelImage:
         unsigned, signed = _unsigned(data)
         return KernelImage(ImageFormat.ARM64_ZBOOT, signed, arm64.image_of_zboot(unsigned))
     if arm64.is_arm64_image(data):
-        header = arm64.parse_header(data)
-        # With CONFIG_EFI the header names its PE header (arch/arm64/kernel/efi-header.S).
-        if header.pe_offset and not pe.has_pe_header(data):
+        # With CONFIG_EFI the header's last word names its PE header (efi-header.S); the size
+        # checks of the header wait until a signature is set aside.
+        pe_offset = int.from_bytes(data[0x3C:0x40], "little")
+        if pe_offset and not pe.has_pe_header(data):
             raise ImageError(
-                f"arm64 Image header points at offset {header.pe_offset}, but there is no PE "
-                "header there"
+                f"arm64 Image header points at offset {pe_offset}, but there is no PE header there"
             )
         unsigned, signed = _unsigned(data)
         arm64.parse_header(unsigned)
