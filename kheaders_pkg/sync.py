@@ -251,8 +251,19 @@ def _relabel(layout: Layout, j: Judgement, archive_file: Path | None) -> SyncRes
     assert j.tree.tree_inside is not None and j.tree.tree is not None
     publish_extension(layout, ident.release, j.tree.tree_inside)
     _merge(layout, ident.release, j.tree.tree_inside)
-    after = judge(layout, None if ident.running else ident.release, archive_file).verdict
+    after = _judge_merged(layout, j, archive_file)
     return SyncResult(j, SyncAction.RELABELLED, j.tree.tree, after)
+
+
+def _judge_merged(layout: Layout, j: Judgement, archive_file: Path | None) -> Verdict | None:
+    """The verdict once the extension is merged; None when the boot unit runs the refresh after
+    us (it runs `check` then)."""
+    from kheaders_pkg.sysext import refresh_deferred
+
+    if refresh_deferred(layout):
+        return None
+    ident = j.facts.identity
+    return judge(layout, None if ident.running else ident.release, archive_file).verdict
 
 
 def _merge(layout: Layout, release: str, target: str) -> None:
@@ -435,8 +446,7 @@ def _publish_elsewhere(
             layout, release, target, f"{layout.modules_dir_inside(release)} is read-only"
         )
     _merge(layout, release, target)
-    ident = j.facts.identity
-    after = judge(layout, None if ident.running else release, archive_file).verdict
+    after = _judge_merged(layout, j, archive_file)
     return SyncResult(j, SyncAction.REGENERATED, gen.path, after, gen.warnings, gen.kbuild)
 
 

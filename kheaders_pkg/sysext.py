@@ -52,6 +52,8 @@ SYSEXT = "systemd-sysext"
 # Where distributions install the binary (checked under --root; the live root also asks PATH).
 SYSEXT_PATHS = ("/usr/bin/systemd-sysext", "/bin/systemd-sysext")
 OSTREE_BOOTED = "/run/ostree-booted"
+# Set by kheaders-pkg.service: create this file instead of running `systemd-sysext refresh`.
+REFRESH_FLAG_ENV = "KHEADERS_PKG_REFRESH_FLAG"
 # os-release(5): /etc/os-release, else /usr/lib/os-release.
 OS_RELEASE_PATHS = ("/etc/os-release", "/usr/lib/os-release")
 # Linux machine names -> systemd's ARCHITECTURE= names (systemd.unit(5) ConditionArchitecture=).
@@ -419,6 +421,9 @@ def refresh(layout: Layout, release: str) -> str | None:
     """
     if not is_live(layout):
         return None
+    if refresh_deferred(layout):
+        _leave_refresh(Path(os.environ[REFRESH_FLAG_ENV]))
+        return None
     from kheaders_pkg.run import run
 
     binary = sysext_binary(layout)
@@ -432,6 +437,23 @@ def refresh(layout: Layout, release: str) -> str | None:
         return None
     said = done.stderr.decode("utf-8", "replace").strip().splitlines()
     return "systemd-sysext refresh did not merge it" + (f" ({said[-1].strip()})" if said else "")
+
+
+def refresh_deferred(layout: Layout) -> bool:
+    """The unit runs the refresh after `sync` (so what /lib/modules shows is judged after it)."""
+    return is_live(layout) and bool(os.environ.get(REFRESH_FLAG_ENV))
+
+
+def _leave_refresh(flag: Path) -> None:
+    """The boot unit's sandbox has no mount system calls (systemd-sysext needs them): the unit
+    names a flag file here and runs the refresh itself, with full privileges, when it exists."""
+    try:
+        flag.touch()
+    except OSError as e:
+        raise FilesystemError(
+            f"{flag}: cannot leave the refresh to the unit ({e.strerror})"
+        ) from None
+    log.info("systemd-sysext refresh left to the unit (%s)", flag)
 
 
 def elsewhere(layout: Layout, release: str, tree_inside: str, why: str) -> ElsewhereError:

@@ -31,6 +31,9 @@ def root(tmp_path: Path) -> Path:
     exe.parent.mkdir(parents=True)
     exe.write_text("#!/bin/sh\n")
     exe.chmod(0o755)
+    # The boot unit's ExecStartPost= runs the systemd-sysext refresh through /bin/sh.
+    (root / "bin").mkdir()
+    shutil.copy("/bin/sh", root / "bin/sh")
     return root
 
 
@@ -50,6 +53,12 @@ def test_boot_unit_keeps_what_the_job_needs(root: Path) -> None:
     assert "\nProtectKernelModules=" not in text  # it loads kheaders.ko
     assert "ExecCondition=/usr/lib/kheaders-pkg/kheaders-pkg-condition" in text
     assert "ExecStart=/usr/bin/kheaders-pkg sync\n" in text
+    # Image-based systems (ostree too): the extension is written, the merge runs privileged
+    # only after a sync that left the flag (tests/test_sysext.py runs that command for real).
+    assert "ConditionPathExists=!/run/ostree-booted" not in text
+    assert "\nStateDirectory=kheaders-pkg extensions\n" in text
+    assert "\nExecStartPost=+/bin/sh -c " in text and "systemd-sysext refresh" in text
+    assert "\nSystemCallFilter=@system-service @module\n" in text  # still no @mount for sync
     template = (root / "usr/lib/systemd/system/kheaders-pkg@.service").read_text()
     assert "ExecStart=/usr/bin/kheaders-pkg sync --kernel %I\n" in template
 

@@ -13,6 +13,7 @@ import io
 import json
 import lzma
 import os
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from kheaders_pkg.hooks import HookSystem, find_data_dir, stage_hooks
 from kheaders_pkg.layout import Layout, PublishMode
 from kheaders_pkg.sysext import (
     OsRelease,
@@ -375,6 +377,22 @@ def test_read_only_usr_with_writable_lib_modules_points_build_at_var(tmp_path: P
 # --- the live root: a real systemd-sysext merge, then a container ----------------------------
 
 
+def boot_unit_refresh(tmp_path: Path, kernel_fs: Path) -> dict[str, str]:
+    """The shipped kheaders-pkg.service's refresh flag and privileged ExecStartPost= command,
+    rendered for a stand-in executable that runs the installed tool on `kernel_fs`."""
+    exe = tmp_path / "kheaders-pkg"
+    exe.write_text(f'#!/bin/sh\nexec {TOOL} --kernel-fs {kernel_fs} "$@"\n')
+    exe.chmod(0o755)
+    unit_root = tmp_path / "unit-root"
+    stage_hooks(unit_root, HookSystem.FEDORA, str(exe), find_data_dir())
+    unit = (unit_root / "usr/lib/systemd/system/kheaders-pkg.service").read_text()
+    lines = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line)
+    flag = lines["Environment"].split("=", 1)[1]
+    post = shlex.split(lines["ExecStartPost"].removeprefix("+"))
+    assert post[:2] == ["/bin/sh", "-c"], post
+    return {"UNIT_FLAG": flag, "UNIT_POST": post[2]}
+
+
 def run_live_merge(tmp_path: Path, kernel_fs: Path) -> dict[str, str]:
     script = REPO / "tests/sysext/live_merge.sh"
     consumer = REPO / "tests/e2e/guest/consumer.c"
@@ -385,6 +403,7 @@ def run_live_merge(tmp_path: Path, kernel_fs: Path) -> dict[str, str]:
         text=True,
         check=False,
         timeout=300,
+        env={**os.environ, **boot_unit_refresh(tmp_path, kernel_fs)},
     )
     values = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
     assert done.returncode == 0, (done.stdout, done.stderr)
@@ -399,7 +418,12 @@ def test_live_read_only_usr_is_merged_by_systemd_sysext_and_a_container_compiles
     v = run_live_merge(tmp_path, kfs)
     notes = (tmp_path / "sync.err").read_text()
     assert v["check_before.rc"] == "3"
+    # As the boot unit runs it: sync (no mount rights) leaves the merge to the unit's
+    # privileged ExecStartPost=, which refreshes and checks (exit 0: fresh and merged).
     assert v["sync.rc"] == "0", notes
+    assert v.get("flag_left") == "1" and v["build_before_post"] == "absent"
+    assert v["post.rc"] == "0", (tmp_path / "post.out").read_text()
+    assert "merged" in (tmp_path / "post.out").read_text()
     assert v["usr_options"] == "ro" and v["usr_fstype"] == "overlay"
     assert f"kheaders-pkg-{RELEASE}" in v["sysext_status"]
     assert v["build_target"].startswith(f"/{TREES}/{RELEASE}/gen-0001-")

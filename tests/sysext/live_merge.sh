@@ -23,8 +23,16 @@ rel=$(cat "$kfs/proc/sys/kernel/osrelease")
 build=/lib/modules/$rel/build
 "$tool" --kernel-fs "$kfs" check >"$work/check_before.out" 2>&1 && rc=0 || rc=$?
 out check_before.rc "$rc"
-"$tool" --kernel-fs "$kfs" sync >"$work/sync.out" 2>"$work/sync.err" && rc=0 || rc=$?
+# sync as kheaders-pkg.service runs it: the refresh flag set, without CAP_SYS_ADMIN (its
+# sandbox allows no mount), then the unit's privileged ExecStartPost= command ($UNIT_POST).
+mkdir -p "$(dirname "$UNIT_FLAG")"
+KHEADERS_PKG_REFRESH_FLAG=$UNIT_FLAG setpriv --bounding-set -sys_admin --inh-caps -sys_admin \
+	"$tool" --kernel-fs "$kfs" sync >"$work/sync.out" 2>"$work/sync.err" && rc=0 || rc=$?
 out sync.rc "$rc"
+[ -e "$UNIT_FLAG" ] && out flag_left 1
+out build_before_post "$(readlink "$build" || echo absent)"
+KHEADERS_PKG_REFRESH_FLAG=$UNIT_FLAG sh -c "$UNIT_POST" >"$work/post.out" 2>&1 && rc=0 || rc=$?
+out post.rc "$rc"
 "$tool" --kernel-fs "$kfs" check >"$work/check_after.out" 2>&1 && rc=0 || rc=$?
 out check_after.rc "$rc"
 "$tool" --kernel-fs "$kfs" status --json >"$work/status.json" 2>&1 || true
