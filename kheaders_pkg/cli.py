@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("status", help="show identities, the tree and the verdict")
     kernel_arg(s)
     s.add_argument("--json", action="store_true", help="one JSON object")
+    s.add_argument(
+        "--disk",
+        action="store_true",
+        help="also the disk every kernel's trees take, shared files counted once (reads every "
+        "tree's directory entries)",
+    )
 
     s = command("check", help="cheap boot-time check; exit code says what to do")
     kernel_arg(s)
@@ -289,8 +295,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     layout, _ = _layout_and_config(args)
     j = judge(layout, args.kernel, thorough=True)
     obj = _status_object(j)
-    disk = _disk_use(layout)
-    obj["disk"] = {**asdict(disk), "shared_bytes": disk.shared_bytes}
+    # Opt-in: it stats every file of every generation, while status alone reads a few files.
+    disk = _disk_use(layout) if args.disk else None
+    if disk is not None:
+        obj["disk"] = {**asdict(disk), "shared_bytes": disk.shared_bytes}
     if args.json:
         print(json.dumps(obj, indent=1, default=str))
         return 0
@@ -318,10 +326,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"verdict: {j.verdict.kind}: {j.verdict.reason}")
     for r in _remarks(j):
         print(f"  note: {r}")
-    print(
-        f"disk:    {_mib(disk.bytes)} in {disk.trees} trees of all kernels "
-        f"(shared files counted once; {_mib(disk.shared_bytes)} shared)"
-    )
+    if disk is not None:
+        print(
+            f"disk:    {_mib(disk.bytes)} in {disk.trees} trees of all kernels "
+            f"(shared files counted once; {_mib(disk.shared_bytes)} shared)"
+        )
     return 0
 
 

@@ -124,7 +124,7 @@ def test_status_counts_blocks_shared_between_kernels_once(
     _ok(run_cli(root, kfs[NEW.release], "sync"))
     trees = [build_dir(root, r.release) for r in (OLD, NEW)]
 
-    p = run_cli(root, kfs[NEW.release], "status", "--json")
+    p = run_cli(root, kfs[NEW.release], "status", "--json", "--disk")
     _ok(p)
     disk = json.loads(p.stdout)["disk"]
 
@@ -141,9 +141,12 @@ def test_status_counts_blocks_shared_between_kernels_once(
     assert disk["bytes"] == du()  # GNU du counts a hard-linked inode once
     assert disk["listed_bytes"] == du("-l")  # ... and once per name with -l
     assert disk["shared_bytes"] > disk["bytes"] // 3
-    text = run_cli(root, kfs[NEW.release], "status")
+    text = run_cli(root, kfs[NEW.release], "status", "--disk")
     _ok(text)
     assert "in 2 trees of all kernels" in text.stdout
+    plain = run_cli(root, kfs[NEW.release], "status", "--json")
+    _ok(plain)
+    assert "disk" not in json.loads(plain.stdout)  # only when asked: it stats every file
 
 
 def test_reuse_spans_the_sysext_trees_under_var_and_the_trees_under_usr(
