@@ -56,6 +56,29 @@ VMLINUX_H_STATES = ("made", "no-btf", "no-bpftool", "failed")  # kernel.btf.Vmli
 EXIT_FRESH = 0  # errors.ExitCode.OK (verdict fresh)
 CONDITION_SKIP = 1  # condition.SKIP: --condition exits 1 when no sync is needed
 NT_GNU_BUILD_ID = 3  # kernel.notes.NT_GNU_BUILD_ID
+# publish = sysext (sysext.py): where /usr is read-only, the generation under /var and the links
+# in a systemd-sysext extension.
+VAR_TREES_DIR = "/var/lib/kheaders-pkg/trees"  # layout.VAR_TREES_DIR (sysext.trees_dir_for)
+EXTENSIONS_DIR = "/var/lib/extensions"  # layout.EXTENSIONS_DIR
+EXTENSION_PREFIX = "kheaders-pkg-"  # layout.EXTENSION_PREFIX
+RELEASE_DIR = "usr/lib/extension-release.d"  # sysext.RELEASE_DIR
+OSTREE_BOOTED = "/run/ostree-booted"  # sysext.OSTREE_BOOTED
+SYSEXT_PATHS = ("/usr/bin/systemd-sysext", "/bin/systemd-sysext")  # sysext.SYSEXT_PATHS
+OS_RELEASE_PATHS = ("/etc/os-release", "/usr/lib/os-release")  # sysext.OS_RELEASE_PATHS
+SYSTEMD_ARCH = {  # sysext._SYSTEMD_ARCH
+    "x86_64": "x86-64",
+    "i386": "x86",
+    "i486": "x86",
+    "i586": "x86",
+    "i686": "x86",
+    "aarch64": "arm64",
+    "armv7l": "arm",
+    "ppc64le": "ppc64-le",
+    "ppc64": "ppc64",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+    "loongarch64": "loongarch64",
+}
 
 # sha256 and JSON through their C accelerators: `hashlib` loads OpenSSL (~10 ms under load) and
 # `json` imports `re`; both cost more than everything else here. Fall back to the public modules.
@@ -321,10 +344,11 @@ def _read_small_file(path: str) -> bytes:
 # --- the tree (tree.read_link, tree.tree_state) -------------------------------------------------
 
 
-def _link(root: str, release: str, name: str) -> str:
-    """Where build/source leads, on this machine, when it is a symlink to a directory."""
-    link_inside = f"{MODULES_DIR}/{release}/{name}"
-    path = _resolve_inside(root, f"{MODULES_DIR}/{release}") + "/" + name
+def _link(root: str, links_inside: str, name: str) -> str:
+    """Where build/source in `links_inside` leads, on this machine, when it is a symlink to a
+    directory."""
+    link_inside = f"{links_inside}/{name}"
+    path = _resolve_inside(root, links_inside) + "/" + name
     target = os.readlink(path)  # OSError (absent, not a link): defer
     if target.startswith("/"):
         inside = target
@@ -364,9 +388,15 @@ def _fresh_line(root: str, kernel_fs: str) -> str:
     except FileNotFoundError:
         uts = None
 
-    build = _link(root, release, "build")
-    source = _link(root, release, "source")
-    trees = _resolve_inside(root, DEFAULT_TREES_DIR)
+    if _usr_writable(root):
+        links_inside, trees_dir, extension = f"{MODULES_DIR}/{release}", DEFAULT_TREES_DIR, ""
+    else:
+        ext_inside = f"{EXTENSIONS_DIR}/{EXTENSION_PREFIX}{release}"
+        links_inside, trees_dir = f"{ext_inside}/usr/lib/modules/{release}", VAR_TREES_DIR
+        extension = _extension_suffix(root, release, ext_inside, links_inside)
+    build = _link(root, links_inside, "build")
+    source = _link(root, links_inside, "source")
+    trees = _resolve_inside(root, trees_dir)
     if build != source or not build.startswith(trees.rstrip("/") + "/"):
         raise _Defer("not one tree of ours")
     if not os.path.isfile(build + "/" + STAMP_NAME):
@@ -383,4 +413,107 @@ def _fresh_line(root: str, kernel_fs: str) -> str:
         raise _Defer("not fresh")
     return (
         f"fresh: headers match the running kernel (generation {stamp['generation']}, by build id)"
+        + extension
     )
+
+
+# --- publish = sysext (sysext.publish_mode, sysext.extension_state, verdict._extension_verdict) -
+
+
+def _usr_writable(root: str) -> bool:
+    """sysext.publish_mode with no configuration: a tree unless /usr cannot be written; then an
+    extension if the root has systemd-sysext, else (publish = var) _Defer."""
+    if os.path.lexists(_resolve_inside(root, OSTREE_BOOTED)) or (
+        _read_only(_resolve_inside(root, "/usr"))
+        and _read_only(_resolve_inside(root, DEFAULT_TREES_DIR))
+    ):
+        if not any(os.access(_resolve_inside(root, p), os.X_OK) for p in SYSEXT_PATHS):
+            raise _Defer("no systemd-sysext where sysext.py looks first")
+        return False
+    return True
+
+
+def _read_only(path: str) -> bool:
+    while True:
+        try:
+            return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            parent = os.path.dirname(path)
+            if parent == path:
+                return False
+            path = parent
+
+
+def _extension_suffix(root: str, release: str, ext_inside: str, links_inside: str) -> str:
+    """What the fresh line adds for our extension; _Defer unless systemd-sysext would merge it
+    and, on the running system, has (/lib/modules shows our link)."""
+    ext = _resolve_inside(root, EXTENSIONS_DIR) + "/" + EXTENSION_PREFIX + release
+    if not os.path.isdir(ext) or os.path.islink(ext):
+        raise _Defer("no extension")
+    name = EXTENSION_PREFIX + release
+    label = _os_release(_read_small_file(f"{ext}/{RELEASE_DIR}/extension-release.{name}"))
+    host: dict[str, str] | None = None
+    for inside in OS_RELEASE_PATHS:
+        try:
+            host = _os_release(_read_small_file(_resolve_inside(root, inside)))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        break
+    if host is None or not _label_ok(label, host, SYSTEMD_ARCH.get(os.uname().machine)):
+        raise _Defer("extension label")
+    if os.path.realpath(root or "/") != "/":
+        return f"; systemd-sysext extension {name}, not merged: --root is not the running system"
+    ours = os.readlink(_resolve_inside(root, links_inside) + "/build")
+    view = os.readlink(_resolve_inside(root, f"{MODULES_DIR}/{release}") + "/build")
+    if view != ours:
+        raise _Defer("not merged")
+    return f"; systemd-sysext extension {name}, merged"
+
+
+def _os_release(data: bytes) -> dict[str, str]:
+    """sysext.parse_os_release."""
+    out: dict[str, str] = {}
+    for raw in data.decode().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.replace("_", "").isalnum():
+            continue
+        out[key] = _unquote(value)
+    return out
+
+
+def _unquote(value: str) -> str:
+    """sysext._unquote: shell quoting as os-release(5) allows it."""
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        return value[1:-1]
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        inner, out, i = value[1:-1], [], 0
+        while i < len(inner):
+            if inner[i] == "\\" and i + 1 < len(inner) and inner[i + 1] in '\\"$`':
+                i += 1
+            out.append(inner[i])
+            i += 1
+        return "".join(out)
+    return value
+
+
+def _label_ok(label: dict[str, str], host: dict[str, str], arch: str | None) -> bool:
+    """sysext.label_problem(...) is None."""
+    ext_id = label.get("ID")
+    if ext_id is None or (ext_id != "_any" and ext_id != host.get("ID", "linux")):
+        return False
+    if ext_id != "_any":
+        level, version = label.get("SYSEXT_LEVEL"), label.get("VERSION_ID")
+        host_level = host.get("SYSEXT_LEVEL") or None
+        if level is not None and host_level is not None:
+            if level != host_level:
+                return False
+        elif version is not None:
+            if version != (host.get("VERSION_ID") or None):
+                return False
+        elif level is None:
+            return False
+    label_arch = label.get("ARCHITECTURE")
+    return label_arch is None or arch is None or label_arch == arch

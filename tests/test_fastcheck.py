@@ -310,6 +310,101 @@ STATES: dict[str, tuple[Setup, bool]] = {
 }
 
 
+# --- publish = sysext: the same table's questions for an extension -----------------------------
+
+
+@pytest.fixture(scope="module")
+def synced_sysext_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image-based root (it says /run/ostree-booted, has systemd-sysext and os-release) made
+    by the real `sync`: the generation under /var, the links in an extension. Not the running
+    system, so the extension is judged "not merged: --root is not the running system"
+    (tests/test_sysext.py asks the installed tool about a merged one on the live root)."""
+    root = tmp_path_factory.mktemp("fastcheck-sysext") / "root"
+    for d in ("run", "etc", "usr/lib", "usr/bin", "lib/modules"):
+        (root / d).mkdir(parents=True)
+    (root / "run/ostree-booted").touch()
+    (root / "usr/lib/os-release").write_text('ID=debian\nVERSION_ID="12"\nNAME="Debian"\n')
+    os.symlink("../usr/lib/os-release", root / "etc/os-release")
+    shutil.copy2(shutil.which("systemd-sysext") or "/usr/bin/systemd-sysext", root / "usr/bin")
+    code = cli_main(["--root", str(root), "--kernel-fs", str(KH_A.sysroot), "-q", "sync"])
+    assert code == 0
+    assert (extension(root) / "usr/lib/modules" / RELEASE / "build").is_symlink()
+    return root
+
+
+def extension(root: Path) -> Path:
+    return root / layout.EXTENSIONS_DIR.lstrip("/") / f"{layout.EXTENSION_PREFIX}{RELEASE}"
+
+
+def _ext_release_file(root: Path) -> Path:
+    name = f"{layout.EXTENSION_PREFIX}{RELEASE}"
+    return extension(root) / "usr/lib/extension-release.d" / f"extension-release.{name}"
+
+
+def _sysext_os_updated(root: Path, work: Path) -> State:
+    replace_file(root / "usr/lib/os-release", b"ID=debian\nVERSION_ID=13\n")
+    return State(root, KH_A.sysroot)
+
+
+def _sysext_label_any(root: Path, work: Path) -> State:
+    replace_file(_ext_release_file(root), b"ID=_any\n")
+    replace_file(root / "usr/lib/os-release", b"ID=debian\nVERSION_ID=13\n")
+    return State(root, KH_A.sysroot)
+
+
+def _sysext_label_other_arch(root: Path, work: Path) -> State:
+    replace_file(_ext_release_file(root), b"ID=debian\nVERSION_ID=12\nARCHITECTURE=s390x\n")
+    return State(root, KH_A.sysroot)
+
+
+def _sysext_label_gone(root: Path, work: Path) -> State:
+    _ext_release_file(root).unlink()
+    return State(root, KH_A.sysroot)
+
+
+def _sysext_extension_gone(root: Path, work: Path) -> State:
+    shutil.rmtree(extension(root))
+    return State(root, KH_A.sysroot)
+
+
+def _sysext_extension_symlink(root: Path, work: Path) -> State:
+    ext = extension(root)
+    ext.rename(ext.with_name("elsewhere"))
+    os.symlink("elsewhere", ext)
+    return State(root, KH_A.sysroot)
+
+
+def _sysext_no_binary(root: Path, work: Path) -> State:
+    (root / "usr/bin/systemd-sysext").unlink()  # publish = var: nothing at /lib/modules
+    return State(root, KH_A.sysroot)
+
+
+def _sysext_links_in_lib_modules(root: Path, work: Path) -> State:
+    """A tree published in /lib/modules before /usr became read-only: not what sysext judges."""
+    target = os.readlink(extension(root) / "usr/lib/modules" / RELEASE / "build")
+    shutil.rmtree(extension(root))
+    (root / "lib/modules" / RELEASE).mkdir(parents=True, exist_ok=True)
+    for name in ("build", "source"):
+        os.symlink(target, root / "lib/modules" / RELEASE / name)
+    return State(root, KH_A.sysroot)
+
+
+SYSEXT_STATES: dict[str, tuple[Setup, bool]] = {
+    "fresh, sysext": (_fresh, True),
+    "fresh, sysext --condition": (_condition, True),
+    "fresh, sysext -q": (_quiet, True),
+    "fresh, sysext labelled ID=_any after an OS update": (_sysext_label_any, True),
+    "sysext stale build id": (_stale_build_id, False),
+    "sysext label after an OS update": (_sysext_os_updated, False),
+    "sysext label for another architecture": (_sysext_label_other_arch, False),
+    "sysext label gone": (_sysext_label_gone, False),
+    "sysext extension gone": (_sysext_extension_gone, False),
+    "sysext extension is a symlink": (_sysext_extension_symlink, False),
+    "sysext without systemd-sysext (publish = var)": (_sysext_no_binary, False),
+    "sysext root with links in /lib/modules": (_sysext_links_in_lib_modules, False),
+}
+
+
 def answer(
     capsys: pytest.CaptureFixture[str], ask: Callable[[list[str]], int | None], argv: list[str]
 ) -> tuple[int | None, str]:
@@ -324,7 +419,25 @@ def test_fast_check_agrees_with_full_check(
     name: str, synced_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     setup, must_answer = STATES[name]
-    state = setup(clone(synced_root, tmp_path / "root"), tmp_path)
+    agrees(name, setup(clone(synced_root, tmp_path / "root"), tmp_path), must_answer, capsys)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", list(SYSEXT_STATES))
+def test_fast_check_agrees_with_full_check_on_an_extension(
+    name: str, synced_sysext_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup, must_answer = SYSEXT_STATES[name]
+    state = setup(clone(synced_sysext_root, tmp_path / "root"), tmp_path)
+    agrees(name, state, must_answer, capsys)
+    if must_answer and "-q" not in state.extra:
+        capsys.readouterr()
+        fast_check(state.argv)
+        assert "systemd-sysext extension" in capsys.readouterr().out
+
+
+def agrees(name: str, state: State, must_answer: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    """The fast path answers as the full `check` does (exit code and first word), or defers."""
     fast_code, fast_word = answer(capsys, fast_check, state.argv)
     full_code, full_word = answer(capsys, cli_main, state.argv)
     if must_answer:
@@ -384,6 +497,45 @@ def test_copied_facts_match_their_source_of_truth() -> None:
     assert fastcheck.VMLINUX_H_STATES == tuple(str(s) for s in VmlinuxH)
     assert fastcheck.EXIT_FRESH == int(ExitCode.OK)
     assert fastcheck.CONDITION_SKIP == condition.SKIP == condition.condition_exit(ExitCode.OK)
+    from kheaders_pkg import sysext
+
+    assert fastcheck.VAR_TREES_DIR == layout.VAR_TREES_DIR
+    assert fastcheck.VAR_TREES_DIR == sysext.trees_dir_for(
+        layout.PublishMode.SYSEXT, layout.DEFAULT_TREES_DIR
+    )
+    assert fastcheck.EXTENSIONS_DIR == layout.EXTENSIONS_DIR
+    assert fastcheck.EXTENSION_PREFIX == layout.EXTENSION_PREFIX
+    assert fastcheck.RELEASE_DIR == sysext.RELEASE_DIR
+    assert fastcheck.OSTREE_BOOTED == sysext.OSTREE_BOOTED
+    assert fastcheck.SYSEXT_PATHS == sysext.SYSEXT_PATHS
+    assert fastcheck.OS_RELEASE_PATHS == sysext.OS_RELEASE_PATHS
+    assert fastcheck.SYSTEMD_ARCH == sysext._SYSTEMD_ARCH
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian \\"x\\" $y"\n# c\nbad\n',
+        "ID='fedora'\nSYSEXT_LEVEL=1.0\nVERSION_ID=39\n",
+        "VERSION_ID=12\nARCHITECTURE=arm64\n",
+        "ID=_any\n",
+        "ID=debian\n",
+    ],
+)
+def test_fast_label_rules_are_sysexts(text: str) -> None:
+    """The fast path's os-release parser and label rule are sysext.py's, over labels and hosts."""
+    from kheaders_pkg import sysext
+
+    parsed = fastcheck._os_release(text.encode())
+    assert parsed == sysext.parse_os_release(text)
+    for host_text in (
+        'ID=debian\nVERSION_ID="12"\n',
+        "ID=fedora\nVERSION_ID=39\nSYSEXT_LEVEL=1.0\n",
+    ):
+        host = sysext.parse_os_release(host_text)
+        for arch in ("x86-64", "arm64", None):
+            full = sysext.label_problem(parsed, sysext.OsRelease.from_fields(host), arch) is None
+            assert fastcheck._label_ok(parsed, host, arch) == full, (text, host_text, arch)
 
 
 def test_fast_path_imports_nothing_heavy(synced_root: Path) -> None:

@@ -429,6 +429,11 @@ def test_live_read_only_usr_is_merged_by_systemd_sysext_and_a_container_compiles
     assert v["build_target"].startswith(f"/{TREES}/{RELEASE}/gen-0001-")
     assert v["kconfig_h_readable"] == "1"
     assert v["check_after.rc"] == "0" and v["sync_again.rc"] == "0"
+    # The boot-time fast path answers the merged extension, with the full path's line.
+    assert v["fast_path_answered"] == "True" and v["check_full.rc"] == "0"
+    fast_line = (tmp_path / "check_after.out").read_text()
+    assert fast_line == (tmp_path / "check_full.out").read_text()
+    assert fast_line.startswith("fresh:") and fast_line.rstrip().endswith(", merged")
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["tree"]["extension"]["merged"] is True
     assert "merged" in status["reason"]

@@ -35,6 +35,15 @@ KHEADERS_PKG_REFRESH_FLAG=$UNIT_FLAG sh -c "$UNIT_POST" >"$work/post.out" 2>&1 &
 out post.rc "$rc"
 "$tool" --kernel-fs "$kfs" check >"$work/check_after.out" 2>&1 && rc=0 || rc=$?
 out check_after.rc "$rc"
+# The same question through the full CLI (-v is not a spelling the fast path takes), and whether
+# the fast path answered it (it never imports argparse).
+"$tool" --kernel-fs "$kfs" -v check >"$work/check_full.out" 2>/dev/null && rc=0 || rc=$?
+out check_full.rc "$rc"
+out fast_path_answered "$("$(dirname "$tool")/python" -c 'import sys
+from kheaders_pkg.entry import main
+sys.argv = ["kheaders-pkg", "--kernel-fs", sys.argv[1], "-q", "check"]
+rc = main()
+print(rc == 0 and "argparse" not in sys.modules)' "$kfs")"
 "$tool" --kernel-fs "$kfs" status --json >"$work/status.json" 2>&1 || true
 "$tool" --kernel-fs "$kfs" sync >"$work/sync_again.out" 2>&1 && rc=0 || rc=$?
 out sync_again.rc "$rc"
