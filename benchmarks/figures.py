@@ -236,8 +236,31 @@ def figure1(o: Options) -> list[Result]:
             1.3,
         )
     )
+    rows.append(_verify_row(o, root))
     rows.extend(_figure1_deb(o, root))
     return rows
+
+
+def _verify_row(o: Options, root: Path) -> Result:
+    """`verify` reads every file of the tree (~30 MB): against sha256sum of the same files."""
+    verify = [str(a) for a in tool(root, FRESH_KERNEL, "verify")]
+    tree = build_link(root, release_of(FRESH_KERNEL))
+    sums = ["sh", "-c", 'cd "$1" && find . -type f -print0 | xargs -0 sha256sum >/dev/null', "sh"]
+    a, b, r = interleaved(
+        lambda _: run(verify).wall,
+        lambda _: run([*sums, str(tree)]).wall,
+        max(3, o.check_runs // 4),
+        warmup=o.warmup,
+    )
+    return ratio_result(
+        "1 verify",
+        "verify (every file vs the manifest) vs sha256sum of every file of the tree",
+        a,
+        b,
+        r,
+        None,
+        note="reported: page cache warm after the first pair",
+    )
 
 
 def _figure1_deb(o: Options, root: Path) -> list[Result]:
