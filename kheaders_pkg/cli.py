@@ -504,6 +504,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
     done = restore(layout, config, args.kernel)
     if not args.quiet:
         print("restored: " + (", ".join(done) if done else "nothing to restore"))
+        from kheaders_pkg.layout import EXTENSIONS_DIR, PublishMode
+
+        if done and layout.publish is PublishMode.SYSEXT:
+            print(
+                f"removed our systemd-sysext extension of {', '.join(done)} from "
+                f"{EXTENSIONS_DIR}: the distribution's build/source show again"
+            )
     return 0
 
 

@@ -80,8 +80,10 @@ def kernel_facts(
         ko = find_module(layout.kernel_module_dir(ident.release), "kheaders")
         if ko is not None:
             facts = with_archive(facts, ArchiveRef(ArchiveSource.MODULE, ko, None))
-    elif ident.archive is None and ident.running and (
-        ident.ikheaders == "m" or _kheaders_module_installed(layout, ident.release)
+    elif (
+        ident.archive is None
+        and ident.running
+        and (ident.ikheaders == "m" or _kheaders_module_installed(layout, ident.release))
     ):
         # Live kernel with kheaders as a module: the archive appears after modprobe (in sync).
         # A kheaders.ko installed for this release counts even where the config says the option
@@ -345,7 +347,7 @@ def _regenerate(
         )
     target = layout.generation_inside(release, gen.name)
     if layout.publish is PublishMode.SYSEXT or not links_writable:
-        return _publish_elsewhere(layout, config, j, gen, target, archive_file)
+        return _publish_elsewhere(layout, config, j, gen, target, archive_file, divert=divert)
     # Links we did not make (a dangling distro link, a loop, a diverted foreign tree) are recorded
     # before we replace them, so that `restore` and `remove` put them back exactly.
     original: dict[str, str | None] = {}
@@ -429,6 +431,8 @@ def _publish_elsewhere(
     gen: NewGeneration,
     target: str,
     archive_file: Path | None,
+    *,
+    divert: bool = False,
 ) -> SyncResult:
     """The new generation as a systemd-sysext extension, merged; or, on a read-only root
     without systemd-sysext, named in one line (exit 14)."""
@@ -436,7 +440,20 @@ def _publish_elsewhere(
 
     release = j.facts.identity.release
     if layout.publish is PublishMode.SYSEXT:
+        if divert:
+            # The foreign links stay as they are under /usr; our extension shadows them once
+            # merged. The record (what shows again) is what makes `restore` take it away.
+            write_record(
+                layout, release, {str(k.name): k.target for k in (j.tree.build, j.tree.source)}
+            )
         publish_extension(layout, release, target)
+        if divert:
+            log.warning(
+                "diverted %s: extension %s shadows the distribution's links until "
+                "`kheaders-pkg restore`",
+                release,
+                layout.extension_inside(release),
+            )
     try:
         gc(layout, config.keep_generations)
     except OSError as e:
@@ -515,11 +532,30 @@ def restore(layout: Layout, config: Config, release: str | None = None) -> list[
             record = read_record(layout, rel)
             if record is None:
                 continue
-            _put_back(layout, rel, record)
+            if layout.publish is PublishMode.SYSEXT:
+                _take_extension_away(layout, rel)
+            else:
+                _put_back(layout, rel, record)
             drop_record(layout, rel)
             done.append(rel)
         gc(layout, config.keep_generations)
     return done
+
+
+def _take_extension_away(layout: Layout, release: str) -> None:
+    """publish = sysext, diverted: the distribution's links were never touched (they are in the
+    read-only /usr); removing our extension and refreshing shows them again."""
+    from kheaders_pkg.sysext import refresh, remove_extension
+
+    try:
+        gone = remove_extension(layout, release)
+    except OSError as e:
+        raise fs_error(f"cannot remove {layout.extension(release)}", e, "record kept") from None
+    if gone is not None:
+        log.info("removed %s: the distribution's build/source show again", gone)
+        problem = refresh(layout, release)
+        if problem is not None:
+            log.warning("systemd-sysext refresh failed: %s", problem)
 
 
 def _put_back(layout: Layout, release: str, record: dict[str, str | None]) -> None:
@@ -554,6 +590,8 @@ def remove(layout: Layout, config: Config, release: str) -> list[Path]:
                 problem = refresh(layout, release)
                 if problem is not None:
                     log.warning("systemd-sysext refresh failed: %s", problem)
+            if record is not None:  # a diverted extension: nothing of ours shadows them now
+                drop_record(layout, release)
         elif record is not None:
             _put_back(layout, release, record)
             drop_record(layout, release)

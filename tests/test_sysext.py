@@ -280,6 +280,37 @@ def test_rebuild_under_the_same_release_replaces_the_extension_and_gc_remove_cle
 
 
 @pytest.mark.integration
+def test_divert_shadows_a_distro_tree_with_the_extension_and_restore_takes_it_away(
+    tmp_path: Path,
+) -> None:
+    root = image_root(tmp_path / "root")
+    kfs = copy_sysroot(KH_A, tmp_path / "kfs")
+    (root / "etc/kheaders-pkg.toml").write_text('foreign = "divert"\n')
+    mdir = root / "usr/lib/modules" / RELEASE
+    (root / "usr/src/linux-headers-x/include").mkdir(parents=True)
+    mdir.mkdir(parents=True)
+    (mdir / "modules.dep").write_text("")
+    os.symlink("/usr/src/linux-headers-x", mdir / "build")
+    under_usr = snapshot(root / "usr")
+    assert ro_usr(root, kfs, "check").returncode == 4  # foreign, stale
+
+    ok(ro_usr(root, kfs, "sync"))
+    assert published(root).name.startswith("gen-0001-")
+    assert snapshot(root / "usr") == under_usr  # the distro's links stay; the extension shadows
+    record = root / "var/lib/kheaders-pkg/links" / f"{RELEASE}.json"
+    assert json.loads(record.read_text()) == {"build": "/usr/src/linux-headers-x", "source": None}
+    assert ok(ro_usr(root, kfs, "check")).stdout.startswith("fresh:")
+
+    done = ok(ro_usr(root, kfs, "restore"))
+    assert f"restored: {RELEASE}" in done.stdout
+    assert "removed our systemd-sysext extension" in done.stdout
+    assert not os.path.lexists(extension(root)) and not record.exists()
+    assert snapshot(root / "usr") == under_usr
+    assert ro_usr(root, kfs, "check").returncode == 4  # what tools see again: the distro's
+    assert "nothing to restore" in ok(ro_usr(root, kfs, "restore")).stdout
+
+
+@pytest.mark.integration
 def test_changed_version_id_relabels_the_extension_without_regenerating(tmp_path: Path) -> None:
     root = image_root(tmp_path / "root")
     kfs = copy_sysroot(KH_A, tmp_path / "kfs")
