@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kheaders_pkg.archive.manifest import Entry, parse_manifest, render_manifest
-from kheaders_pkg.errors import ManifestError
+from kheaders_pkg.errors import KheadersError, ManifestError
+from kheaders_pkg.files import sha256_file
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
 from kheaders_pkg.stamp import StampError, read_stamp
 
@@ -122,6 +123,10 @@ class _Untrusted(Exception):
     pass
 
 
+class _Unreadable(KheadersError):
+    """A published file that cannot be read: damage to report, not a failure of `verify`."""
+
+
 def _trusted_entries(tree: Path) -> tuple[Entry, ...]:
     """The manifest's entries, if the manifest is the one the stamp recorded."""
     try:
@@ -168,18 +173,12 @@ def _check_entry(tree: Path, e: Entry, owner: int) -> Damage | None:
     if st.st_uid != owner:
         return Damage(e.path, DamageKind.OWNER, f"owned by uid {st.st_uid}")
     try:
-        digest = _sha256(where)
-    except OSError as err:
-        return Damage(e.path, DamageKind.UNREADABLE, f"unreadable: {err.strerror}")
+        digest = sha256_file(where, "published file", _Unreadable, follow_symlinks=False)
+    except _Unreadable as err:
+        return Damage(e.path, DamageKind.UNREADABLE, str(err))
     if digest != e.sha256:
         return Damage(e.path, DamageKind.CONTENT, "content differs")
     return None
-
-
-def _sha256(path: Path) -> str:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with open(fd, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _walk(tree: Path, entries: tuple[Entry, ...], owner: int) -> list[Damage]:

@@ -10,7 +10,6 @@ the archive with zstd, as makepkg does.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import shutil
 import stat
@@ -24,7 +23,8 @@ from kheaders_pkg.distro.contents import TreeFile, stage, tree_directories, veri
 from kheaders_pkg.distro.identity import TreePackage, deb_package_name, tree_package
 from kheaders_pkg.distro.render import render
 from kheaders_pkg.errors import PackagingError
-from kheaders_pkg.kernel.machine import KernelArch, tree_arch
+from kheaders_pkg.files import file_digests, sha256_file
+from kheaders_pkg.kernel.machine import tree_arch
 from kheaders_pkg.layout import Layout
 
 PKGREL = "1"
@@ -34,9 +34,6 @@ PACKAGER = "kheaders-pkg (generated on this machine) <root@localhost>"
 # the whole emission takes about a second on two cores.
 ZSTD_OPTIONS = "zstd:compression-level=3"
 METADATA = (".MTREE", ".PKGINFO", ".BUILDINFO")
-
-# pacman names architectures as `uname -m` does, as rpm does, except 32-bit ARM (Arch Linux ARM).
-_PACMAN_ARCH_NAMES = {"armv7hl": "armv7h"}
 
 # mtree(5) keeps these bytes as they are in a path; anything else is written as \ooo (libarchive
 # reads octal escapes for any byte, so escaping more than needed is harmless).
@@ -51,18 +48,13 @@ def pacman_package_name(release: str) -> str:
     return deb_package_name(release)
 
 
-def pacman_arch(arch: KernelArch) -> str:
-    """pacman's name for a kernel architecture."""
-    return _PACMAN_ARCH_NAMES.get(arch.rpm, arch.rpm)
-
-
 def tree_pacman_arch(tree: Path) -> str:
     """The package's architecture: the kernel's (its .config, else the archive's autoconf.h),
     whatever machine builds the package. The headers describe that kernel (arch/x86, arch/arm64)."""
     arch = tree_arch(tree)
     if arch is None:
         raise PackagingError(f"{tree}: its config names no architecture pacman packages exist for")
-    return pacman_arch(arch)
+    return arch.pacman
 
 
 def mtree_escape(path: str) -> str:
@@ -102,11 +94,6 @@ def _build_date(package: TreePackage) -> int:
     return int(created.timestamp())
 
 
-def _digests(path: Path) -> tuple[str, str]:
-    data = path.read_bytes()
-    return hashlib.md5(data, usedforsecurity=False).hexdigest(), hashlib.sha256(data).hexdigest()
-
-
 def _entry(staged: Path, relative: str, tree_file: TreeFile | None) -> MtreeEntry:
     st = (staged / relative).lstat()
     mode = f"{stat.S_IMODE(st.st_mode):o}"
@@ -120,7 +107,9 @@ def _entry(staged: Path, relative: str, tree_file: TreeFile | None) -> MtreeEntr
     if tree_file is not None and tree_file.md5 is not None and tree_file.sha256 is not None:
         md5, sha256 = tree_file.md5, tree_file.sha256
     else:
-        md5, sha256 = _digests(staged / relative)
+        md5, sha256 = file_digests(
+            staged / relative, ("md5", "sha256"), "staged file", PackagingError
+        )
     return MtreeEntry(path, "file", mode, time, st.st_size, md5, sha256, None)
 
 
@@ -178,7 +167,7 @@ def build_pacman_package(layout: Layout, tree: Path, out_dir: Path) -> Path:
         for parent in parents:
             (staged / parent).chmod(0o755)
         (staged / ".PKGINFO").write_text(render("pacman/PKGINFO.j2", **context))
-        stamp_sha256 = _digests(tree / ".kheaders-pkg.json")[1]
+        stamp_sha256 = sha256_file(tree / ".kheaders-pkg.json", "stamp", PackagingError)
         buildinfo = render("pacman/BUILDINFO.j2", stamp_sha256=stamp_sha256, **context)
         (staged / ".BUILDINFO").write_text(buildinfo)
         for meta in (".PKGINFO", ".BUILDINFO"):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kheaders_pkg.errors import KernelDataError
+from kheaders_pkg.files import read_if_present
 from kheaders_pkg.kernel.elf import ELFFile
 
 VMLINUX_H = "vmlinux.h"  # at the top of the tree: build/vmlinux.h
@@ -170,14 +171,8 @@ def read_btf(ref: BtfRef) -> bytes | None:
     """The kernel's BTF from where `ref` says; None when that kernel has none."""
     if ref.source is BtfSource.IMAGE:
         return btf_of_image(ref.path)
-    try:
-        with open(ref.path, "rb") as f:
-            data = f.read(MAX_BTF + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise BtfError(f"{ref.path}: cannot read ({exc.strerror})") from None
-    return btf_blob(data, str(ref.path))
+    data = read_if_present(ref.path, MAX_BTF, "BTF", BtfError)
+    return None if data is None else btf_blob(data, str(ref.path))
 
 
 def btf_sha256(btf: bytes) -> str:
