@@ -272,13 +272,17 @@ def extension_state(layout: Layout, release: str) -> ExtensionState:
     exists = path.is_dir() and not path.is_symlink()
     label: dict[str, str] = {}
     problem: str | None = None
+    arch: str | None = None
     if exists:
         try:
             label = parse_os_release(release_file(path, name).read_text(errors="replace"))
         except OSError:
             problem = "extension-release is missing"
         else:
-            problem = label_problem(label, read_os_release(layout), _architecture())
+            with suppress(OSError):
+                target = os.readlink(path / "usr/lib/modules" / release / str(LinkName.BUILD))
+                arch = kernel_architecture(layout, target)
+            problem = label_problem(label, read_os_release(layout), arch)
     view = layout.host(layout.modules_dir_inside(release)) / str(LinkName.BUILD)
     try:
         view_target: str | None = os.readlink(view)
@@ -291,8 +295,14 @@ def extension_state(layout: Layout, release: str) -> ExtensionState:
     return ExtensionState(path, exists, label, problem, merged, view_target)
 
 
-def _architecture() -> str | None:
-    return systemd_architecture(os.uname().machine)
+def kernel_architecture(layout: Layout, tree_inside: str) -> str | None:
+    """systemd's name for the architecture of the kernel whose tree is at `tree_inside`: the
+    machine that merges the extension runs that kernel, and systemd-sysext compares ARCHITECTURE=
+    with its own (uname), which an image builder's host (`--root`, `--kernel`) need not share."""
+    from kheaders_pkg.kernel.machine import tree_arch
+
+    found = tree_arch(layout.host(tree_inside))
+    return found.systemd if found is not None else None
 
 
 def extensions_dir(layout: Layout) -> Path:
@@ -338,7 +348,9 @@ def publish_extension(layout: Layout, release: str, target_inside: str) -> Path:
     from kheaders_pkg.publish import crash_point, fs_error, fsync_dir, syncfs, write_new_file
 
     name = extension_name(release)
-    label = render_extension_release(read_os_release(layout), _architecture())
+    label = render_extension_release(
+        read_os_release(layout), kernel_architecture(layout, target_inside)
+    )
     try:
         base = extensions_dir(layout)
         staging = base / f"{HIDDEN_PREFIX}{name}.{secrets.token_hex(4)}"

@@ -40,7 +40,7 @@ from kheaders_pkg.distro import (
 )
 from kheaders_pkg.distro.arch import LOCK, Pacman
 from kheaders_pkg.distro.identity import package_version
-from kheaders_pkg.distro.pacman_package import pacman_arch, pacman_package_name
+from kheaders_pkg.distro.pacman_package import pacman_package_name
 from kheaders_pkg.distro.queue import pending, queue_file
 from kheaders_pkg.errors import ExitCode, QueuedError
 from kheaders_pkg.kernel.machine import kernel_arch
@@ -243,7 +243,7 @@ def test_pacman_names_each_kernel_architecture() -> None:
     def name(config: bytes) -> str:
         arch = kernel_arch(config)
         assert arch is not None
-        return pacman_arch(arch)
+        return arch.pacman
 
     assert name(b"CONFIG_X86=y\nCONFIG_X86_64=y\nCONFIG_64BIT=y\n") == "x86_64"
     assert name(b"CONFIG_ARM64=y\nCONFIG_64BIT=y\n") == "aarch64"

@@ -26,8 +26,10 @@ from kheaders_pkg.hooks import HookSystem, find_data_dir, stage_hooks
 from kheaders_pkg.layout import Layout, PublishMode
 from kheaders_pkg.sysext import (
     OsRelease,
+    extension_state,
     label_problem,
     parse_os_release,
+    publish_extension,
     publish_mode,
     render_extension_release,
     systemd_architecture,
@@ -202,6 +204,21 @@ def test_auto_mode_follows_what_the_root_can_write(tmp_path: Path) -> None:
     assert publish_mode(Layout(root=root), "tree") is PublishMode.TREE
     (root / "usr/bin/systemd-sysext").unlink()
     assert publish_mode(Layout(root=root), "auto") is PublishMode.VAR
+
+
+def test_extension_is_labelled_with_the_kernels_architecture_not_the_hosts(
+    tmp_path: Path,
+) -> None:
+    # An image builder on this x86 host prepares an arm64 root: the machine that merges the
+    # extension runs the arm64 kernel, and its systemd-sysext compares ARCHITECTURE= with arm64.
+    root = image_root(tmp_path / "root")
+    layout = Layout(root=root, publish=PublishMode.SYSEXT)
+    tree_inside = f"/{TREES}/{RELEASE}/gen-1"
+    (root / tree_inside.lstrip("/")).mkdir(parents=True)
+    (root / tree_inside.lstrip("/") / ".config").write_bytes(b"CONFIG_ARM64=y\nCONFIG_64BIT=y\n")
+    publish_extension(layout, RELEASE, tree_inside)
+    assert label(root)["ARCHITECTURE"] == "arm64"
+    assert extension_state(layout, RELEASE).problem is None  # judged against the kernel's too
 
 
 # --- sync on a read-only /usr -------------------------------------------------------------------
