@@ -118,6 +118,12 @@ def _compare_foreign(
     return used, diffs
 
 
+def _judged(kernel: KernelIdentity) -> str:
+    """The kernel a verdict speaks of: the running one, or one named with `--kernel` (read from
+    its files under the root, perhaps never booted here)."""
+    return "the running kernel" if kernel.running else f"kernel {kernel.release}"
+
+
 def decide(kernel: KernelIdentity, tree: TreeState) -> Verdict:
     verdict = _decide_tree(kernel, tree)
     if verdict.needs_sync and not kernel.supported:
@@ -149,7 +155,7 @@ def _decide_tree(kernel: KernelIdentity, tree: TreeState) -> Verdict:
         if diffs:
             return Verdict(
                 VerdictKind.FOREIGN_STALE,
-                f"{subject} does not match the running kernel: "
+                f"{subject} does not match {_judged(kernel)}: "
                 + "; ".join(d for _, d in diffs)
                 + " (left alone)",
                 tuple(dict.fromkeys(f for f, _ in diffs)),
@@ -163,7 +169,7 @@ def _decide_tree(kernel: KernelIdentity, tree: TreeState) -> Verdict:
             )
         return Verdict(
             VerdictKind.FOREIGN_FRESH,
-            f"{subject} matches the running kernel by {', '.join(used)}",
+            f"{subject} matches {_judged(kernel)} by {', '.join(used)}",
             (),
             tuple(used),
         )
@@ -187,7 +193,7 @@ def _decide_tree(kernel: KernelIdentity, tree: TreeState) -> Verdict:
             ("links",),
         )
     by = "build id" if kernel.build_id else "archive digest"
-    fresh = f"headers match the running kernel (generation {tree.stamp.generation}, by {by})"
+    fresh = f"headers match {_judged(kernel)} (generation {tree.stamp.generation}, by {by})"
     if tree.extension is not None and tree.extension.exists:
         return _extension_verdict(tree, fresh)
     return Verdict(VerdictKind.FRESH, fresh)
