@@ -17,20 +17,15 @@ import pytest
 
 from kheaders_pkg.kernel.kmod import config_from_module, find_module, kheaders_archive_from_module
 from kheaders_pkg.kernel.machine import KernelArch, autoconf_as_config, kernel_arch, tree_arch
-from tests.conftest import CorpusKernel, corpus_kernel, make_dpkg_root
+from tests.conftest import CorpusKernel, corpus_kernel, make_dpkg_root, run_cli
 
 ARM64 = "debian-6.1.0-56-arm64"
-TOOL = Path(__file__).resolve().parent.parent / ".venv/bin/kheaders-pkg"
 MODULES = "kernel/kernel"  # where a distro installs kheaders.ko and configs.ko
 
 
 @pytest.fixture(scope="module")
 def corpus() -> CorpusKernel:
     return corpus_kernel(ARM64)
-
-
-def kheaders_pkg(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TOOL, *map(str, args)], capture_output=True, text=True, check=False)
 
 
 def install_kernel_files(corpus: CorpusKernel, root: Path, *, gzip_image: bool = False) -> None:
@@ -61,7 +56,7 @@ def test_sync_kernel_prepares_an_arm64_root_from_its_installed_files(
     install_kernel_files(corpus, root, gzip_image=gzip_image)
     release, expected = corpus.release, corpus.expected
 
-    first = kheaders_pkg("--root", root, "sync", "--kernel", release)
+    first = run_cli(root, None, "sync", "--kernel", release)
     assert first.returncode == 0, first.stderr
     tree = host_tree(root, release)
     stamp = json.loads((tree / ".kheaders-pkg.json").read_text())
@@ -74,11 +69,11 @@ def test_sync_kernel_prepares_an_arm64_root_from_its_installed_files(
     assert (tree / "vmlinux.id").read_text().strip() == expected["build_id"]
     assert tree_arch(tree) == kernel_arch(b"CONFIG_ARM64=y\n")
 
-    check = kheaders_pkg("--root", root, "check", "--kernel", release)
+    check = run_cli(root, None, "check", "--kernel", release)
     assert check.returncode == 0, check.stderr
-    status = kheaders_pkg("--root", root, "status", "--kernel", release, "--json")
+    status = run_cli(root, None, "status", "--kernel", release, "--json")
     assert json.loads(status.stdout)["build_id"] == expected["build_id"]
-    again = kheaders_pkg("--root", root, "sync", "--kernel", release)
+    again = run_cli(root, None, "sync", "--kernel", release)
     assert again.returncode == 0, again.stderr
     assert host_tree(root, release) == tree  # nothing regenerated
     # Judged against the kernel named, which is not the one running here.
@@ -93,7 +88,7 @@ def test_sync_kernel_with_a_corrupt_arm64_image_is_exit_7_and_publishes_nothing(
     install_kernel_files(corpus, root)
     vmlinuz = root / "boot" / f"vmlinuz-{corpus.release}"
     vmlinuz.write_bytes(vmlinuz.read_bytes()[: 1 << 20])  # cut short
-    done = kheaders_pkg("--root", root, "sync", "--kernel", corpus.release)
+    done = run_cli(root, None, "sync", "--kernel", corpus.release)
     assert done.returncode == 7, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
     assert str(vmlinuz) in done.stderr
@@ -104,7 +99,7 @@ def test_sync_kernel_with_a_corrupt_arm64_image_is_exit_7_and_publishes_nothing(
 def prepared(corpus: CorpusKernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("arm64-root")
     install_kernel_files(corpus, root)
-    done = kheaders_pkg("--root", root, "sync", "--kernel", corpus.release)
+    done = run_cli(root, None, "sync", "--kernel", corpus.release)
     assert done.returncode == 0, done.stderr
     return root
 
@@ -113,8 +108,8 @@ def prepared(corpus: CorpusKernel, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_emitted_deb_is_arm64_and_installs_with_force_architecture(
     corpus: CorpusKernel, prepared: Path, tmp_path: Path
 ) -> None:
-    done = kheaders_pkg(
-        "--root", prepared, "emit", "--format", "deb", "--kernel", corpus.release,
+    done = run_cli(
+        prepared, None, "emit", "--format", "deb", "--kernel", corpus.release,
         "--out", tmp_path / "out",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -150,8 +145,8 @@ def test_emitted_deb_is_arm64_and_installs_with_force_architecture(
 def test_emitted_rpm_is_aarch64_and_installs_with_ignorearch(
     corpus: CorpusKernel, prepared: Path, tmp_path: Path
 ) -> None:
-    done = kheaders_pkg(
-        "--root", prepared, "emit", "--format", "rpm", "--kernel", corpus.release,
+    done = run_cli(
+        prepared, None, "emit", "--format", "rpm", "--kernel", corpus.release,
         "--out", tmp_path / "out",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
