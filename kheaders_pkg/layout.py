@@ -18,6 +18,10 @@ from kheaders_pkg.errors import UnsafePathError, UsageError
 
 STAMP_NAME = ".kheaders-pkg.json"
 MANIFEST_NAME = ".kheaders-pkg.manifest"
+# Every regular file of a generated tree has this mode, every directory DIR_MODE: one mode for all
+# makes the manifest's promise exact (verify needs no mode column).
+FILE_MODE = 0o644
+DIR_MODE = 0o755
 DEFAULT_TREES_DIR = "/usr/src/kheaders-pkg"
 DEFAULT_STATE_DIR = "/var/lib/kheaders-pkg"
 # Where generations live when /usr cannot be written (image-based systems, background.md 8).

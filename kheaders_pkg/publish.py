@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from kheaders_pkg.errors import BusyError, FilesystemError, KheadersError, UnsafePathError
 from kheaders_pkg.layout import (
     DEFAULT_TREES_DIR,
+    FILE_MODE,
     GENERATION_PREFIX,
     MANIFEST_NAME,
     STAGING_PREFIX,
@@ -256,7 +257,7 @@ def new_staging(layout: Layout, release: str) -> Path:
     return path
 
 
-def write_new_file(base: Path, rel: str, data: bytes, mode: int = 0o644) -> None:
+def write_new_file(base: Path, rel: str, data: bytes, mode: int = FILE_MODE) -> None:
     """Create base/rel (and its missing parents) without following any symlink inside base."""
     parts = rel.split("/")
     fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)

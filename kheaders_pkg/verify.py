@@ -23,16 +23,11 @@ from pathlib import Path
 from kheaders_pkg.archive.manifest import Entry, parse_manifest, render_manifest
 from kheaders_pkg.errors import KheadersError, ManifestError
 from kheaders_pkg.files import sha256_file
-from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
+from kheaders_pkg.layout import DIR_MODE, FILE_MODE, MANIFEST_NAME, STAMP_NAME, Layout
 from kheaders_pkg.stamp import StampError, read_stamp
 
 log = logging.getLogger("kheaders-pkg")
 
-# The modes archive/extract.py and publish.write_new_file give what they write: files 0644, or
-# 0755 when the archive marks them executable; directories 0755. The manifest does not record
-# which of the two a file has: anything else (group/other-writable, setuid, unreadable) is damage.
-FILE_MODES = (0o644, 0o755)
-DIR_MODE = 0o755
 SHOWN = 5  # damaged paths named in the one-line summary; the rest are counted
 
 
@@ -168,7 +163,7 @@ def _check_entry(tree: Path, e: Entry, owner: int) -> Damage | None:
     if st.st_size != e.size:
         return Damage(e.path, DamageKind.SIZE, f"size {st.st_size}, not {e.size}")
     mode = stat.S_IMODE(st.st_mode)
-    if mode not in FILE_MODES:
+    if mode != FILE_MODE:
         return Damage(e.path, DamageKind.MODE, f"mode {mode:04o}")
     if st.st_uid != owner:
         return Damage(e.path, DamageKind.OWNER, f"owned by uid {st.st_uid}")

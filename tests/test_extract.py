@@ -17,7 +17,7 @@ from kheaders_pkg.archive.extract import ExtractResult, extract_archive
 from kheaders_pkg.archive.manifest import parse_manifest, render_manifest, verify_tree
 from kheaders_pkg.archive.reuse import Reuse
 from kheaders_pkg.errors import ArchiveError, FilesystemError
-from kheaders_pkg.layout import MANIFEST_NAME
+from kheaders_pkg.layout import DIR_MODE, FILE_MODE, MANIFEST_NAME
 from tests.archive_util import archive, directory, extract_bytes, hardlink, regular, symlink
 from tests.conftest import KERNELS_WITH_ARCHIVE, CorpusKernel, corpus_kernel
 
@@ -62,9 +62,7 @@ def _walk(root: Path) -> dict[str, os.stat_result]:
 
 
 def _normalised_mode(st: os.stat_result) -> int:
-    if stat.S_ISDIR(st.st_mode):
-        return 0o755
-    return 0o755 if st.st_mode & 0o111 else 0o644
+    return DIR_MODE if stat.S_ISDIR(st.st_mode) else FILE_MODE
 
 
 def test_extraction_gives_the_same_members_as_gnu_tar(extracted: Extracted) -> None:
@@ -271,7 +269,7 @@ def test_reuse_is_skipped_when_the_previous_manifest_is_unusable(
 # -- small archives: normalisation and the legal corners of tar ----------------------------
 
 
-def test_modes_are_normalised_to_0644_0755_whatever_the_umask(tmp_path: Path) -> None:
+def test_files_are_0644_and_directories_0755_whatever_the_archive_or_umask(tmp_path: Path) -> None:
     data = archive(
         [
             directory("./"),
@@ -287,8 +285,8 @@ def test_modes_are_normalised_to_0644_0755_whatever_the_umask(tmp_path: Path) ->
     finally:
         os.umask(old)
     assert stat.S_IMODE((dest / "include").stat().st_mode) == 0o755
-    assert stat.S_IMODE((dest / "include/exec.sh").stat().st_mode) == 0o755
-    assert stat.S_IMODE((dest / "include/group-x.h").stat().st_mode) == 0o755
+    assert stat.S_IMODE((dest / "include/exec.sh").stat().st_mode) == 0o644
+    assert stat.S_IMODE((dest / "include/group-x.h").stat().st_mode) == 0o644
     assert stat.S_IMODE((dest / "include/private.h").stat().st_mode) == 0o644
 
 

@@ -81,6 +81,10 @@ def _mode(t: Path) -> None:
     (t / SCHED).chmod(0o666)
 
 
+def _executable(t: Path) -> None:
+    (t / SCHED).chmod(0o755)
+
+
 def _symlink(t: Path) -> None:
     copy = t.parent / "elsewhere.h"
     shutil.copyfile(t / SCHED, copy)
@@ -106,6 +110,7 @@ TAMPER: dict[str, tuple[Callable[[Path], None], str, DamageKind]] = {
     "deleted-file": (_delete, SCHED, DamageKind.MISSING),
     "extra-file": (_extra, "include/linux/planted.h", DamageKind.EXTRA),
     "mode-change": (_mode, SCHED, DamageKind.MODE),
+    "made-executable": (_executable, SCHED, DamageKind.MODE),
     "replaced-by-symlink": (_symlink, SCHED, DamageKind.TYPE),
     "deleted-directory": (_delete_dir, NETFILTER, DamageKind.MISSING),
     "directory-replaced-by-symlink": (_dir_symlink, NETFILTER, DamageKind.TYPE),

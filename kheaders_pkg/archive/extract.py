@@ -38,6 +38,7 @@ from kheaders_pkg.archive.tar import (
 )
 from kheaders_pkg.archive.xz import Decompressed
 from kheaders_pkg.errors import ArchiveError, FilesystemError
+from kheaders_pkg.layout import FILE_MODE
 
 _DIR_FDS = 32  # directory descriptors kept open (members arrive sorted, so few are needed)
 
@@ -211,8 +212,9 @@ class _Extraction:
         parent, _, leaf = path.rpartition("/")
         parent_fd = self.parent_fd(path, parent)
         if kind == "f":
-            perm = 0o755 if mode & 0o111 else 0o644
-            self.regular(tar, path, leaf, parent_fd, size, perm, mtime_ns)
+            # Every file is 0644: since 5.3 the archive holds only *.h (data; an exec bit on one is
+            # an accident of the source checkout), and one mode for all makes verify's check exact.
+            self.regular(tar, path, leaf, parent_fd, size, FILE_MODE, mtime_ns)
         elif kind == "l":
             os.symlink(target, leaf, dir_fd=parent_fd)
             os.utime(leaf, ns=(mtime_ns, mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
