@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from kheaders_pkg.errors import MISSING_PART_ADVICE, ExitCode
-from tests.conftest import REPO, CorpusKernel, copy_sysroot, corpus_kernel
-
-CONSOLE = Path(sys.executable).parent / "kheaders-pkg"
+from tests.conftest import REPO, TOOL, CorpusKernel, copy_sysroot, corpus_kernel, run_cli
 
 
-def run(*args: str | Path, exe: Path = CONSOLE) -> subprocess.CompletedProcess[str]:
+def run(*args: str | Path, exe: Path = TOOL) -> subprocess.CompletedProcess[str]:
+    """The argv as given, of `exe`: for what conftest.run_cli does not say (options after the
+    command, a command without --root, another install's console script)."""
     return subprocess.run(
         [str(exe), *map(str, args)], capture_output=True, text=True, check=False, timeout=300
     )
@@ -43,13 +43,13 @@ def synced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Corpus
     root = work / "root"
     (root / "etc").mkdir(parents=True)
     (root / "etc/os-release").write_text("ID=debian\n")
-    p = run("--root", root, "--kernel-fs", kfs, "sync")
+    p = run_cli(root, kfs, "sync")
     assert p.returncode == 0, p.stderr
     return root, kfs, kernel
 
 
 def test_console_script_is_installed() -> None:
-    assert CONSOLE.is_file() and os.access(CONSOLE, os.X_OK)
+    assert TOOL.is_file() and os.access(TOOL, os.X_OK)
 
 
 def _imported(exe: Path, *args: str | Path) -> list[str]:
@@ -72,7 +72,7 @@ def test_the_fresh_check_imports_neither_re_nor_the_cli(
     synced: tuple[Path, Path, CorpusKernel],
 ) -> None:
     root, kfs, _ = synced
-    names = _imported(CONSOLE, "--root", root, "--kernel-fs", kfs, "check")
+    names = _imported(TOOL, "--root", root, "--kernel-fs", kfs, "check")
     assert "kheaders_pkg.fastcheck" in names
     assert not {"re", "kheaders_pkg.cli", "argparse", "json"} & set(names), names
 
@@ -81,7 +81,7 @@ def test_hooks_install_and_remove_through_the_command(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     (root / "etc/os-release").write_text("ID=debian\n")
-    p = run("--root", root, "hooks", "install", "--executable", "/opt/kh/bin/kheaders-pkg")
+    p = run_cli(root, None, "hooks", "install", "--executable", "/opt/kh/bin/kheaders-pkg")
     assert p.returncode == 0, p.stderr
     unit = root / "usr/lib/systemd/system/kheaders-pkg.service"
     assert "ExecStart=/opt/kh/bin/kheaders-pkg sync" in unit.read_text()
@@ -91,7 +91,7 @@ def test_hooks_install_and_remove_through_the_command(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     exe = unit.read_text().split("ExecStart=", 1)[1].split()[0]
     assert os.access(exe, os.X_OK), exe
-    p = run("--root", root, "hooks", "remove")
+    p = run_cli(root, None, "hooks", "remove")
     assert p.returncode == 0, p.stderr
     assert not unit.exists()
 
@@ -100,7 +100,7 @@ def test_global_options_are_accepted_after_the_command(
     synced: tuple[Path, Path, CorpusKernel],
 ) -> None:
     root, kfs, kernel = synced
-    before = run("--root", root, "--kernel-fs", kfs, "status", "--json")
+    before = run_cli(root, kfs, "status", "--json")
     after = run("status", "--json", "--root", root, "--kernel-fs", kfs)
     mixed = run("--root", root, "status", "--kernel-fs", kfs, "--json")
     assert before.returncode == after.returncode == mixed.returncode == 0, after.stderr
@@ -114,7 +114,7 @@ def test_an_option_given_before_the_command_is_not_reset_by_it(
     synced: tuple[Path, Path, CorpusKernel],
 ) -> None:
     root, kfs, _ = synced
-    p = run("--root", root, "--kernel-fs", kfs, "-q", "sync")
+    p = run_cli(root, kfs, "-q", "sync")
     assert p.returncode == 0 and p.stdout == "", p.stdout
 
 
@@ -127,7 +127,7 @@ def test_a_closed_pipe_ends_quietly_with_the_usual_status(
     os.close(read_end)  # the reader is gone before we write: every write is EPIPE
     try:
         p = subprocess.run(
-            [str(CONSOLE), "--root", str(root), "--kernel-fs", str(kfs), *command],
+            [str(TOOL), "--root", str(root), "--kernel-fs", str(kfs), *command],
             stdout=write_end,
             stderr=subprocess.PIPE,
             text=True,
@@ -142,7 +142,7 @@ def test_a_closed_pipe_ends_quietly_with_the_usual_status(
 def test_status_piped_to_head_prints_one_line(synced: tuple[Path, Path, CorpusKernel]) -> None:
     root, kfs, kernel = synced
     p = subprocess.run(
-        f"'{CONSOLE}' status --root '{root}' --kernel-fs '{kfs}' | head -1; "
+        f"'{TOOL}' status --root '{root}' --kernel-fs '{kfs}' | head -1; "
         'echo "status=${PIPESTATUS[0]}"',
         shell=True,
         executable="/bin/bash",

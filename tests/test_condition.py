@@ -16,8 +16,7 @@ import pytest
 from kheaders_pkg.condition import RUN, SKIP, condition_exit
 from kheaders_pkg.errors import ExitCode
 from kheaders_pkg.hooks import HookSystem, find_data_dir, stage_hooks
-from tests.conftest import copy_sysroot, corpus_kernel
-from tests.test_cli_installed import CONSOLE, run
+from tests.conftest import TOOL, copy_sysroot, corpus_kernel, run_cli
 
 KH_A = corpus_kernel("kh-6.1.192-kh-a")
 KH_B = corpus_kernel("kh-6.1.192-kh-b")
@@ -28,7 +27,7 @@ RELEASE = KH_A.release
 def synced(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("condition") / "root"
     root.mkdir()
-    p = run("--root", root, "--kernel-fs", KH_A.sysroot, "-q", "sync")
+    p = run_cli(root, KH_A.sysroot, "-q", "sync")
     assert p.returncode == 0, p.stderr
     return root
 
@@ -118,19 +117,18 @@ def test_check_condition_and_the_wrapper_decide_alike(
 ) -> None:
     make, check_exit, is_error = CASES[case]
     root, kfs = make(synced, tmp_path)
-    where = ("--root", root, "--kernel-fs", kfs)
-    plain = run(*where, "check")
+    plain = run_cli(root, kfs, "check")
     assert plain.returncode == check_exit, plain.stdout + plain.stderr
     expected = condition_exit(check_exit)
 
-    cond = run(*where, "check", "--condition")
+    cond = run_cli(root, kfs, "check", "--condition")
     assert cond.returncode == expected, cond.stderr
     assert ("error:" in cond.stderr) is is_error, cond.stderr
     assert "Traceback" not in cond.stderr
 
     # The installed wrapper, calling the installed command for this root (no initramfs verdict).
     shim = tmp_path / "kheaders-pkg"
-    shim.write_text(f'#!/bin/sh\nexec "{CONSOLE}" --root "{root}" --kernel-fs "{kfs}" "$@"\n')
+    shim.write_text(f'#!/bin/sh\nexec "{TOOL}" --root "{root}" --kernel-fs "{kfs}" "$@"\n')
     shim.chmod(0o755)
     env = {
         "PATH": "/usr/bin:/bin",

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from kheaders_pkg.layout import STAMP_NAME
-from tests.conftest import REPO, copy_sysroot, corpus_kernel
-from tests.test_cli_installed import run
+from tests.conftest import REPO, copy_sysroot, corpus_kernel, run_cli
 
 LIB = REPO / "hooks/lib/kheaders-pkg-verdict.sh"
 KH_A = corpus_kernel("kh-6.1.192-kh-a")
@@ -37,7 +36,7 @@ AGREE = {
 def synced(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("shared-verdict") / "root"
     root.mkdir()
-    p = run("--root", root, "--kernel-fs", KH_A.sysroot, "-q", "sync")
+    p = run_cli(root, KH_A.sysroot, "-q", "sync")
     assert p.returncode == 0, p.stderr
     return root
 
@@ -140,7 +139,7 @@ def test_shell_and_verdict_py_agree(synced: Path, tmp_path: Path, case: str) -> 
     make, shell_expected, python_expected = CASES[case]
     root, kfs = make(synced, tmp_path)
     shell = shell_verdict(root, kfs, tmp_path / "run")
-    p = run("status", "--json", "--root", root, "--kernel-fs", kfs)
+    p = run_cli(root, kfs, "status", "--json")
     assert p.returncode == 0, p.stderr
     python = json.loads(p.stdout)["verdict"]
     assert (shell, python) == (shell_expected, python_expected)
