@@ -98,6 +98,20 @@ def kernel_fs(tmp_path: Path, kernel_with_archive: CorpusKernel) -> Path:
     return copy_sysroot(kernel_with_archive, tmp_path / "kfs")
 
 
+def installed_kernel_root(kernel: CorpusKernel, root: Path) -> Path:
+    """A root holding the kernel's image and modules, as its package would install them."""
+    (root / "boot").mkdir(parents=True)
+    shutil.copy(kernel.vmlinuz, root / "boot" / f"vmlinuz-{kernel.release}")
+    moddir = root / "lib/modules" / kernel.release / "kernel/kernel"
+    moddir.mkdir(parents=True)
+    for name in ("kheaders.ko", "configs.ko"):
+        if (kernel.modules / name).is_file():
+            shutil.copy(kernel.modules / name, moddir / name)
+    for p in root.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return root
+
+
 def make_dpkg_root(root: Path) -> Path:
     """An empty merged-/usr scratch root (as Debian 12 and 13 are) with a dpkg database."""
     (root / "usr/lib").mkdir(parents=True, exist_ok=True)
@@ -195,13 +209,15 @@ def run_cli(
     config: Path | None = None,
     crash_at: str | None = None,
     timeout: float = 300,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`kheaders-pkg --root ROOT [--kernel-fs KFS] [--config CONFIG] ARGS...`, run to its end."""
+    """`kheaders-pkg --root ROOT [--kernel-fs KFS] [--config CONFIG] ARGS...`, run to its end
+    (`env`: variables set over the test's own, such as a PATH without a tool)."""
     return subprocess.run(
         cli_argv(root, kfs, *args, config=config),
         capture_output=True,
         text=True,
-        env=cli_env(crash_at),
+        env={**cli_env(crash_at), **(env or {})},
         timeout=timeout,
         check=False,
     )

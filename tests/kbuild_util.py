@@ -11,12 +11,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import REPO, CorpusKernel, copy_sysroot, unpack_debian_headers
+from tests.conftest import REPO, CorpusKernel, copy_sysroot, run_cli, unpack_debian_headers
 
 KBUILD_KERNEL = "debian-6.1.0-56-amd64"
 HELLO = REPO / "tests/data/kbuild-hello"
 HELLO_NAME = "kh_hello"
-TOOL = REPO / ".venv/bin/kheaders-pkg"
 # Debian 6.1 was built with gcc-12 (CONFIG_CC_VERSION_TEXT); the kbuild tree asks for the same.
 CC = "gcc-12"
 
@@ -48,8 +47,7 @@ class KbuildRoot:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """The installed command, as a user runs it."""
-        argv = [str(TOOL), "--root", str(self.root), "--kernel-fs", str(self.kfs), *args]
-        return subprocess.run(argv, capture_output=True, text=True, check=False)
+        return run_cli(self.root, self.kfs, *args)
 
     @property
     def modules_dir(self) -> Path:

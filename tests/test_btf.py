@@ -9,10 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import struct
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +24,15 @@ from kheaders_pkg.kernel.btf import (
     parse_header,
 )
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME
-from kheaders_pkg.stamp import parse_stamp
-from tests.conftest import KERNELS, CorpusKernel, copy_sysroot, corpus_kernel
+from tests.conftest import (
+    KERNELS,
+    CorpusKernel,
+    copy_sysroot,
+    corpus_kernel,
+    installed_kernel_root,
+    run_cli,
+)
 
-TOOL = Path(sys.executable).parent / "kheaders-pkg"
 ARM64 = "debian-6.1.0-56-arm64"
 BTF_KERNELS = (*KERNELS, ARM64)
 KH_A = "kh-6.1.192-kh-a"
@@ -88,29 +91,7 @@ def test_big_endian_btf_header_is_read() -> None:
     assert parse_header(head).byteorder == ">" and parse_header(head).size == 28
 
 
-def test_stamp_from_before_vmlinux_h_still_reads() -> None:
-    old = {
-        "format": 1, "tool": "kheaders-pkg", "tool_version": "0.1.0", "release": "6.1.192-kh",
-        "uts_version": None, "build_id": None, "config_sha256": None, "config_source": None,
-        "archive_sha256": "0" * 64, "archive_size": 1, "archive_source": "sysfs",
-        "created": "2026-11-22T06:30:00Z", "generation": 1, "file_count": 1,
-        "manifest_sha256": "0" * 64,
-    }  # fmt: skip
-    stamp = parse_stamp(json.dumps(old))
-    assert stamp.btf_sha256 is None and stamp.vmlinux_h is None
-    with pytest.raises(Exception, match="vmlinux_h"):
-        parse_stamp(json.dumps({**old, "vmlinux_h": 3}))
-
-
 # --- the tree, through the installed command ------------------------------------------------------
-
-
-def kheaders(
-    *args: str | Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(TOOL), *map(str, args)], capture_output=True, text=True, check=False, env=env
-    )
 
 
 def tree_of(root: Path, release: str) -> Path:
@@ -119,18 +100,6 @@ def tree_of(root: Path, release: str) -> Path:
 
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def disk_root(kernel: CorpusKernel, root: Path) -> Path:
-    """The kernel's image and modules installed under `root`, as its package would."""
-    (root / "boot").mkdir(parents=True)
-    shutil.copy(kernel.vmlinuz, root / "boot" / f"vmlinuz-{kernel.release}")
-    moddir = root / "lib/modules" / kernel.release / "kernel/kernel"
-    moddir.mkdir(parents=True)
-    for name in ("kheaders.ko", "configs.ko"):
-        if (kernel.modules / name).is_file():
-            shutil.copy(kernel.modules / name, moddir / name)
-    return root
 
 
 def archive_args(kernel: CorpusKernel) -> list[str | Path]:
@@ -149,12 +118,14 @@ class Synced:
 def synced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Synced:
     kernel = corpus_kernel(str(request.param))
     work = tmp_path_factory.mktemp(f"btf-{kernel.name}")
-    live_root = disk_root(kernel, work / "live")  # kh-a-mod: its archive is in kheaders.ko
+    live_root = installed_kernel_root(
+        kernel, work / "live"
+    )  # kh-a-mod: its archive is in kheaders.ko
     kfs = copy_sysroot(kernel, work / "kfs")
-    done = kheaders("--root", live_root, "--kernel-fs", kfs, "sync", *archive_args(kernel))
+    done = run_cli(live_root, kfs, "sync", *archive_args(kernel))
     assert done.returncode == 0, done.stderr
-    disk = disk_root(kernel, work / "disk")
-    done = kheaders("--root", disk, "sync", "--kernel", kernel.release, *archive_args(kernel))
+    disk = installed_kernel_root(kernel, work / "disk")
+    done = run_cli(disk, None, "sync", "--kernel", kernel.release, *archive_args(kernel))
     assert done.returncode == 0, done.stderr
     return Synced(kernel, tree_of(live_root, kernel.release), tree_of(disk, kernel.release))
 
@@ -193,9 +164,9 @@ def test_resync_shares_an_unchanged_vmlinux_h_with_the_previous_generation(
     kernel = corpus_kernel(KH_A)
     kfs = copy_sysroot(kernel, tmp_path / "kfs")
     root = tmp_path / "root"
-    assert kheaders("--root", root, "--kernel-fs", kfs, "sync").returncode == 0
+    assert run_cli(root, kfs, "sync").returncode == 0
     first = tree_of(root, kernel.release)
-    assert kheaders("--root", root, "--kernel-fs", kfs, "sync", "--force").returncode == 0
+    assert run_cli(root, kfs, "sync", "--force").returncode == 0
     second = tree_of(root, kernel.release)
     assert second != first
     assert (second / "vmlinux.h").stat().st_ino == (first / "vmlinux.h").stat().st_ino
@@ -207,15 +178,15 @@ def test_kernel_without_btf_gets_a_tree_without_vmlinux_h_and_a_remark(tmp_path:
     kfs = copy_sysroot(kernel, tmp_path / "kfs")
     (kfs / "sys/kernel/btf/vmlinux").unlink()
     root = tmp_path / "root"
-    done = kheaders("--root", root, "--kernel-fs", kfs, "sync")
+    done = run_cli(root, kfs, "sync")
     assert done.returncode == 0, done.stderr
     tree = tree_of(root, kernel.release)
     assert (tree / "include/linux/sched.h").is_file() and not (tree / "vmlinux.h").exists()
     assert json.loads((tree / STAMP_NAME).read_text())["vmlinux_h"] == "no-btf"
-    status = json.loads(kheaders("--root", root, "--kernel-fs", kfs, "status", "--json").stdout)
+    status = json.loads(run_cli(root, kfs, "status", "--json").stdout)
     assert status["verdict"] == "fresh"
     assert any("no BTF (CONFIG_DEBUG_INFO_BTF)" in r for r in status["remarks"]), status
-    text = kheaders("--root", root, "--kernel-fs", kfs, "status").stdout
+    text = run_cli(root, kfs, "status").stdout
     assert "note: kernel 6.1.192-kh has no BTF" in text
 
 
@@ -229,7 +200,7 @@ def test_without_bpftool_the_tree_is_published_and_status_says_what_is_missing(
     bare = tmp_path / "bin"  # a PATH without bpftool
     bare.mkdir()
     env = {**os.environ, "PATH": str(bare)}
-    done = kheaders("--root", root, "--kernel-fs", kfs, "sync", env=env)
+    done = run_cli(root, kfs, "sync", env=env)
     assert done.returncode == 0, done.stderr
     assert "bpftool was not installed" in done.stderr and "command not found" in done.stderr
     tree = tree_of(root, kernel.release)
@@ -237,11 +208,11 @@ def test_without_bpftool_the_tree_is_published_and_status_says_what_is_missing(
     stamp = json.loads((tree / STAMP_NAME).read_text())
     assert stamp["vmlinux_h"] == "no-bpftool"
     assert stamp["btf_sha256"] == kernel.expected["btf_sha256"]
-    status = json.loads(kheaders("--root", root, "--kernel-fs", kfs, "status", "--json").stdout)
+    status = json.loads(run_cli(root, kfs, "status", "--json").stdout)
     assert any("install it (Debian: bpftool)" in r for r in status["remarks"]), status
 
     # With bpftool back, a forced sync adds it.
-    done = kheaders("--root", root, "--kernel-fs", kfs, "sync", "--force")
+    done = run_cli(root, kfs, "sync", "--force")
     assert done.returncode == 0, done.stderr
     assert (tree_of(root, kernel.release) / "vmlinux.h").is_file()
 
@@ -253,7 +224,7 @@ def test_unreadable_btf_leaves_the_headers_published_with_a_warning(tmp_path: Pa
     btf = kfs / "sys/kernel/btf/vmlinux"
     btf.write_bytes(btf.read_bytes()[:-100])  # truncated
     root = tmp_path / "root"
-    done = kheaders("--root", root, "--kernel-fs", kfs, "sync")
+    done = run_cli(root, kfs, "sync")
     assert done.returncode == 0, done.stderr
     assert "could not be converted" in done.stderr and "runs past" in done.stderr
     tree = tree_of(root, kernel.release)
@@ -295,14 +266,12 @@ def test_emitted_deb_and_rpm_carry_vmlinux_h(tmp_path: Path) -> None:
     kfs = copy_sysroot(kernel, tmp_path / "kfs")
     root = tmp_path / "root"
     env = {**os.environ, "HOME": str(tmp_path)}  # rpmbuild's macros and database: not ours
-    assert kheaders("--root", root, "--kernel-fs", kfs, "sync").returncode == 0
+    assert run_cli(root, kfs, "sync").returncode == 0
     inside = os.readlink(root / "lib/modules" / kernel.release / "build")
     listings = {}
     for fmt, lister in (("deb", ["dpkg-deb", "--contents"]), ("rpm", ["rpm", "-qlp"])):
         out = tmp_path / fmt
-        done = kheaders(
-            "--root", root, "--kernel-fs", kfs, "emit", "--format", fmt, "--out", out, env=env
-        )
+        done = run_cli(root, kfs, "emit", "--format", fmt, "--out", out, env=env)
         assert done.returncode == 0, done.stderr
         (package,) = out.iterdir()
         listings[fmt] = subprocess.run(
@@ -317,11 +286,11 @@ def test_verify_catches_a_changed_vmlinux_h(tmp_path: Path) -> None:
     kernel = corpus_kernel(KH_A)
     kfs = copy_sysroot(kernel, tmp_path / "kfs")
     root = tmp_path / "root"
-    assert kheaders("--root", root, "--kernel-fs", kfs, "sync").returncode == 0
-    assert kheaders("--root", root, "--kernel-fs", kfs, "verify").returncode == 0
+    assert run_cli(root, kfs, "sync").returncode == 0
+    assert run_cli(root, kfs, "verify").returncode == 0
     header = tree_of(root, kernel.release) / "vmlinux.h"
     header.chmod(0o644)
     with header.open("r+b") as f:  # same size, one byte different
         f.write(b"/")
-    done = kheaders("--root", root, "--kernel-fs", kfs, "verify")
+    done = run_cli(root, kfs, "verify")
     assert done.returncode == 13 and "vmlinux.h" in done.stderr + done.stdout, done

@@ -6,29 +6,19 @@ fail the kernel install."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from kheaders_pkg.hooks import HookSystem, find_data_dir, stage_hooks
-from tests.conftest import TOOL, CorpusKernel, copy_sysroot, corpus_kernel, run_cli
-
-
-def scratch_root(tmp_path: Path, kernel: CorpusKernel) -> Path:
-    """A root holding the kernel's image and modules, as its package would install them."""
-    root = tmp_path / "root"
-    (root / "boot").mkdir(parents=True)
-    shutil.copy(kernel.vmlinuz, root / "boot" / f"vmlinuz-{kernel.release}")
-    moddir = root / "lib/modules" / kernel.release / "kernel/kernel"
-    moddir.mkdir(parents=True)
-    for name in ("kheaders.ko", "configs.ko"):
-        if (kernel.modules / name).is_file():
-            shutil.copy(kernel.modules / name, moddir / name)
-    for p in root.rglob("*"):
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    return root
+from tests.conftest import (
+    TOOL,
+    copy_sysroot,
+    corpus_kernel,
+    installed_kernel_root,
+    run_cli,
+)
 
 
 @pytest.fixture
@@ -56,7 +46,7 @@ def test_postinst_generates_the_tree_and_chains_header_postinst(
     name: str, tmp_path: Path, hooks: Path
 ) -> None:
     kernel = corpus_kernel(name)
-    root = scratch_root(tmp_path, kernel)
+    root = installed_kernel_root(kernel, tmp_path / "root")
     chained = tmp_path / "chained"
     header_hooks = root / "etc/kernel/header_postinst.d"
     header_hooks.mkdir(parents=True)
@@ -90,7 +80,7 @@ def test_postinst_generates_the_tree_and_chains_header_postinst(
 @KERNELS
 def test_kernel_install_plugin_adds_and_removes(name: str, tmp_path: Path, hooks: Path) -> None:
     kernel = corpus_kernel(name)
-    root = scratch_root(tmp_path, kernel)
+    root = installed_kernel_root(kernel, tmp_path / "root")
     kfs = copy_sysroot(kernel, tmp_path / "kfs")
     plugin = hooks / "usr/lib/kernel/install.d/35-kheaders-pkg.install"
     image = f"/boot/vmlinuz-{kernel.release}"
@@ -122,7 +112,7 @@ def test_hooks_never_fail_a_kernel_install(tmp_path: Path, hooks: Path) -> None:
 @pytest.mark.integration
 def test_pacman_script_reads_targets(tmp_path: Path, hooks: Path) -> None:
     kernel = corpus_kernel("kh-6.1.192-kh-a-mod")
-    root = scratch_root(tmp_path, kernel)
+    root = installed_kernel_root(kernel, tmp_path / "root")
     # Arch keeps the image in the modules directory.
     (root / "boot" / f"vmlinuz-{kernel.release}").rename(
         root / "lib/modules" / kernel.release / "vmlinuz"

@@ -39,13 +39,12 @@ from kheaders_pkg.kernel.symvers import (
     module_column,
     render_symvers,
 )
-from tests.conftest import CorpusKernel, corpus_kernel
+from tests.conftest import TOOL, CorpusKernel, corpus_kernel
 from tests.kbuild_util import (
     HELLO,
     HELLO_NAME,
     KBUILD_KERNEL,
     MODULE_DIRS,
-    TOOL,
     KbuildRoot,
     build_hello,
     make_kbuild_root,

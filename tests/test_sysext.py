@@ -34,10 +34,9 @@ from kheaders_pkg.sysext import (
     render_extension_release,
     systemd_architecture,
 )
-from tests.conftest import REPO, copy_sysroot, corpus_kernel
+from tests.conftest import REPO, TOOL, cli_argv, copy_sysroot, corpus_kernel, run_cli
 from tests.reliability_util import snapshot, tree_problems
 
-TOOL = REPO / ".venv/bin/kheaders-pkg"
 SYSEXT = shutil.which("systemd-sysext") or "/usr/bin/systemd-sysext"
 KH_A, KH_B = corpus_kernel("kh-6.1.192-kh-a"), corpus_kernel("kh-6.1.192-kh-b")
 DEB = corpus_kernel("debian-6.1.0-56-amd64")
@@ -122,9 +121,7 @@ def ro_usr(
     root: Path, kfs: Path | None, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """The installed kheaders-pkg on `root` with its /usr a read-only mount (own namespace)."""
-    argv: list[str] = [str(TOOL), "--root", str(root)]
-    if kfs is not None:
-        argv += ["--kernel-fs", str(kfs)]
+    argv = cli_argv(root, kfs)
     script = 'mount --bind "$1/usr" "$1/usr" && mount -o remount,bind,ro "$1/usr" && shift && '
     script += 'exec "$@"'
     return subprocess.run(
@@ -251,8 +248,7 @@ def test_read_only_usr_sync_publishes_an_extension_and_changes_nothing_under_usr
     files, archive = tree_files(tree), archive_files(KH_A.archive)
     assert {p: files.get(p) for p in archive} == archive
     writable = image_root(tmp_path / "writable", sysext=False)
-    ok(subprocess.run([str(TOOL), "--root", str(writable), "--kernel-fs", str(kfs), "sync"],
-                      capture_output=True, text=True, check=False))  # fmt: skip
+    ok(run_cli(writable, kfs, "sync"))
     plain = writable / os.readlink(writable / "lib/modules" / RELEASE / "build").lstrip("/")
     assert set(files) - set(archive) == set(tree_files(plain)) - set(archive)
 
@@ -532,7 +528,7 @@ def test_concurrent_syncs_make_one_generation_and_one_extension(tmp_path: Path) 
     script = 'mount --bind "$1/usr" "$1/usr" && mount -o remount,bind,ro "$1/usr" && shift && '
     script += 'for i in 1 2 3 4 5 6; do "$@" & done; fail=0; for i in 1 2 3 4 5 6; do '
     script += "wait -n || fail=$((fail + 1)); done; echo failed=$fail"
-    argv = [str(TOOL), "--root", str(root), "--kernel-fs", str(kfs), "sync"]
+    argv = cli_argv(root, kfs, "sync")
     done = subprocess.run(
         ["unshare", "--mount", "bash", "-c", script, "sh", str(root), *argv],
         capture_output=True,
@@ -561,7 +557,7 @@ def test_read_only_usr_with_writable_mounts_for_the_trees_and_links_stays_a_tree
     script = 'mount --bind "$1/usr" "$1/usr" && mount -o remount,bind,ro "$1/usr" && '
     script += 'mount -t tmpfs tmpfs "$1/usr/src" && mount -t tmpfs tmpfs "$1/usr/lib/modules" && '
     script += 'shift && "$@" sync && "$@" check && readlink "$R/lib/modules/$V/build"'
-    argv = [str(TOOL), "--root", str(root), "--kernel-fs", str(kfs)]
+    argv = cli_argv(root, kfs)
     done = subprocess.run(
         ["unshare", "--mount", "sh", "-c", script, "sh", str(root), *argv],
         capture_output=True,
