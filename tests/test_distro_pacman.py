@@ -24,7 +24,6 @@ import subprocess
 import sys
 import sysconfig
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -46,29 +45,19 @@ from kheaders_pkg.errors import ExitCode, QueuedError
 from kheaders_pkg.kernel.machine import kernel_arch
 from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
 from kheaders_pkg.stamp import read_stamp
-from tests.conftest import KERNELS_WITH_ARCHIVE, REPO, CorpusKernel, corpus_kernel
-from tests.test_distro_packages import expected_version, make_tree, next_generation
+from tests.conftest import KERNELS_WITH_ARCHIVE, REPO, TOOL, CorpusKernel, corpus_kernel, run_cli
+from tests.distro_util import (
+    HEADER,
+    ONE_KERNEL,
+    GeneratedTree,
+    expected_version,
+    link_build,
+    make_tree,
+    next_generation,
+    tool,
+)
 
 pytestmark = pytest.mark.integration
-
-TOOL = Path(sys.executable).parent / "kheaders-pkg"
-HEADER = "include/linux/kconfig.h"
-ONE_KERNEL = pytest.mark.parametrize("generated", ["kh-6.1.192-kh-a"], indirect=True)
-
-
-@dataclass(frozen=True)
-class GeneratedTree:
-    kernel: CorpusKernel
-    root: Path
-    tree: Path
-
-    @property
-    def release(self) -> str:
-        return self.kernel.release
-
-    @property
-    def inside(self) -> str:
-        return "/" + self.tree.relative_to(self.root).as_posix()
 
 
 @pytest.fixture(scope="module", params=KERNELS_WITH_ARCHIVE)
@@ -86,16 +75,9 @@ def package(generated: GeneratedTree, tmp_path_factory: pytest.TempPathFactory) 
     return emit_package(Layout(root=generated.root), generated.tree, out, "pacman")
 
 
-def run(argv: list[str | Path], ok: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=False)
-    if ok:
-        assert proc.returncode == 0, f"{argv}: {proc.stdout}{proc.stderr}"
-    return proc
-
-
 def pacman(root: Path, *args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
     argv: list[str | Path] = ["pacman", "--root", root, "--dbpath", root / "var/lib/pacman"]
-    return run([*argv, "--config", os.devnull, "--noconfirm", *args], ok=ok)
+    return tool([*argv, "--config", os.devnull, "--noconfirm", *args], ok=ok)
 
 
 def pacman_owner(root: Path, inside: str) -> str | None:
@@ -153,7 +135,7 @@ def arch_package(
     (top / ".PKGINFO").write_text("".join(line + "\n" for line in info))
     result = work / f"{name}-{version}-x86_64.pkg.tar.zst"
     tops = sorted(p.name for p in top.iterdir() if p.name != ".PKGINFO")
-    run(["bsdtar", "-c", "--zstd", "-f", result, "-C", top, ".PKGINFO", *tops])
+    tool(["bsdtar", "-c", "--zstd", "-f", result, "-C", top, ".PKGINFO", *tops])
     return result
 
 
@@ -185,23 +167,23 @@ def test_pacman_package_metadata_names_the_release_and_build(
     version = f"{expected_version(generated.tree)}-1"
     name = pacman_package_name(generated.release)
     assert package.name == f"{name}-{version}-x86_64.pkg.tar.zst"
-    lines = run(["pacman", "-Qip", package]).stdout.splitlines()
+    lines = tool(["pacman", "-Qip", package]).stdout.splitlines()
     info = {k.strip(): v.strip() for k, _, v in (line.partition(" : ") for line in lines) if v}
     assert info["Name"] == name
     assert info["Version"] == version
     assert info["Architecture"] == "x86_64"  # the corpus kernels are all x86_64
     assert info["Provides"] == f"kernel-ikheaders-{generated.release}={version}"
-    members = run(["bsdtar", "-tf", package]).stdout.splitlines()
+    members = tool(["bsdtar", "-tf", package]).stdout.splitlines()
     assert members[:3] == [".MTREE", ".PKGINFO", ".BUILDINFO"]
-    pkginfo = run(["bsdtar", "-xOf", package, ".PKGINFO"]).stdout
+    pkginfo = tool(["bsdtar", "-xOf", package, ".PKGINFO"]).stdout
     assert not [line for line in pkginfo.splitlines() if "linux-headers" in line.split(" = ")[0]]
     assert "provides = linux-headers" not in pkginfo and "conflicts" not in pkginfo
     assert "so not linux-headers" in pkginfo  # the description says why
-    buildinfo = run(["bsdtar", "-xOf", package, ".BUILDINFO"]).stdout
+    buildinfo = tool(["bsdtar", "-xOf", package, ".BUILDINFO"]).stdout
     assert f"pkgver = {version}\n" in buildinfo and "format = 2\n" in buildinfo
 
     listed = {
-        line.split(" ", 1)[1] for line in run(["pacman", "-Qlp", package]).stdout.splitlines()
+        line.split(" ", 1)[1] for line in tool(["pacman", "-Qlp", package]).stdout.splitlines()
     }
     manifest = (generated.tree / MANIFEST_NAME).read_text().splitlines()
     files = {line.split("\t")[3] for line in manifest} | {STAMP_NAME, MANIFEST_NAME}
@@ -258,7 +240,7 @@ def test_arm64_kernel_gives_an_aarch64_package_that_only_an_aarch64_root_takes(
     tree = make_tree(kernel, tmp_path / "tree")
     package = emit_package(Layout(root=tmp_path / "tree"), tree, tmp_path / "out", "pacman")
     assert package.name.endswith("-aarch64.pkg.tar.zst")  # built here, on x86_64
-    lines = run(["pacman", "-Qip", package]).stdout.splitlines()
+    lines = tool(["pacman", "-Qip", package]).stdout.splitlines()
     assert "Architecture    : aarch64" in lines
     for arch, accepted in (("x86_64", False), ("aarch64", True)):
         root = arch_root(tmp_path / f"root-{arch}")
@@ -266,7 +248,7 @@ def test_arm64_kernel_gives_an_aarch64_package_that_only_an_aarch64_root_takes(
         (root / "etc/pacman.conf").write_text(f"[options]\nArchitecture = {arch}\n")
         argv: list[str | Path] = ["pacman", "--root", root, "--dbpath", root / "var/lib/pacman"]
         argv += ["--config", root / "etc/pacman.conf", "--noconfirm", "-U", package]
-        proc = run(argv, ok=False)
+        proc = tool(argv, ok=False)
         assert (proc.returncode == 0) is accepted, proc.stdout + proc.stderr
         if not accepted:
             assert "package architecture is not valid" in proc.stderr
@@ -276,8 +258,8 @@ def test_versions_sort_by_generation_under_vercmp() -> None:
     ids = ("6b6f59884788", "0123456789ab", "ffffffffffff", "8394bfb35129")
     versions = [f"{package_version(gen, ids[gen % len(ids)])}-1" for gen in (1, 2, 9, 10, 11, 100)]
     for older, newer in zip(versions, versions[1:], strict=False):
-        assert run(["vercmp", older, newer]).stdout.strip() == "-1", (older, newer)
-        assert run(["vercmp", newer, older]).stdout.strip() == "1", (older, newer)
+        assert tool(["vercmp", older, newer]).stdout.strip() == "-1", (older, newer)
+        assert tool(["vercmp", newer, older]).stdout.strip() == "1", (older, newer)
 
 
 # --- Arch's own linux-headers and ours in one root -----------------------------------------
@@ -395,38 +377,27 @@ def test_registration_under_pacman_lock_is_queued_then_drained(
 # --- through the installed command --------------------------------------------------------
 
 
-def _link_build(root: Path, generated: GeneratedTree) -> None:
-    modules = root / "usr/lib/modules" / generated.release
-    modules.mkdir(parents=True, exist_ok=True)
-    (modules / "build").symlink_to(generated.inside)
-
-
-def cli(root: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(TOOL), "--root", str(root), *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
 @ONE_KERNEL
 def test_cli_emits_and_registers_pacman_packages(generated: GeneratedTree, tmp_path: Path) -> None:
     root = arch_root(tmp_path / "root", generated)
-    _link_build(root, generated)
+    link_build(root, generated, "usr/lib/modules")
     out = tmp_path / "out"
-    emitted = cli(root, "emit", "--kernel", generated.release, "--format", "pacman", "--out", out)
+    emitted = run_cli(
+        root, None, "emit", "--kernel", generated.release, "--format", "pacman", "--out", out
+    )
     assert emitted.returncode == 0, emitted.stderr
     built = Path(emitted.stdout.strip())
     assert built.parent == out and built.name.endswith("-x86_64.pkg.tar.zst")
-    assert run(["pacman", "-Qip", built]).returncode == 0
+    assert tool(["pacman", "-Qip", built]).returncode == 0
 
     (root / LOCK).touch()
-    queued = cli(root, "register", "--kernel", generated.release, "--format", "pacman")
+    queued = run_cli(root, None, "register", "--kernel", generated.release, "--format", "pacman")
     assert queued.returncode == 12, queued.stderr
     assert "queued" in queued.stderr and len(queued.stderr.strip().splitlines()) == 1
     (root / LOCK).unlink()
-    registered = cli(root, "register", "--kernel", generated.release)  # format from the root
+    registered = run_cli(
+        root, None, "register", "--kernel", generated.release
+    )  # format from the root
     assert registered.returncode == 0, registered.stderr
     assert registered.stdout.strip().endswith("with pacman")
     assert pending(Layout(root=root)) == []
@@ -487,7 +458,7 @@ def arch_kernel_package(work: Path, kernel: CorpusKernel, version: str = "6.1.19
     for module in ("kheaders.ko", "configs.ko"):
         if (kernel.modules / module).is_file():
             zst = work / f"{kernel.name}-{module}.zst"
-            run(["zstd", "-q", "-f", "-o", zst, kernel.modules / module])
+            tool(["zstd", "-q", "-f", "-o", zst, kernel.modules / module])
             files[f"{moddir}/kernel/kernel/{module}.zst"] = zst.read_bytes()
     return arch_package(work / kernel.name, "linux", version, files)
 
@@ -497,7 +468,7 @@ def hooked_root(tmp_path: Path) -> Iterator[Path]:
     root = arch_root(tmp_path / "root")
     (root / "etc").mkdir()
     (root / "etc/kheaders-pkg.toml").write_text('emit = ["pacman"]\nregister = true\n')
-    installed = cli(root, "hooks", "install", "--system", "arch", "--executable", TOOL)
+    installed = run_cli(root, None, "hooks", "install", "--system", "arch", "--executable", TOOL)
     assert installed.returncode == 0, installed.stderr
     assert (root / "usr/share/libalpm/hooks/kheaders-pkg.hook").is_file()
     yield root
@@ -532,7 +503,7 @@ def test_kernels_installed_upgraded_and_removed_through_pacman_get_and_lose_thei
     assert pacman_owner(root, f"{target}/{HEADER}") is None
     assert not (root / LOCK).exists()
 
-    synced = cli(root, "sync", "--kernel", release)  # the next run completes it
+    synced = run_cli(root, None, "sync", "--kernel", release)  # the next run completes it
     assert synced.returncode == 0, synced.stderr
     assert pending(Layout(root=root)) == [], synced.stderr
     name, version = pacman_package_name(release), f"{expected_version(tree)}-1"
