@@ -526,8 +526,11 @@ def test_concurrent_syncs_make_one_generation_and_one_extension(tmp_path: Path) 
     root = image_root(tmp_path / "root")
     kfs = copy_sysroot(KH_A, tmp_path / "kfs")
     script = 'mount --bind "$1/usr" "$1/usr" && mount -o remount,bind,ro "$1/usr" && shift && '
-    script += 'for i in 1 2 3 4 5 6; do "$@" & done; fail=0; for i in 1 2 3 4 5 6; do '
-    script += "wait -n || fail=$((fail + 1)); done; echo failed=$fail"
+    # Each child waited for by its pid: `wait -n` can miss a child that ended while another was
+    # being reaped and then report 127 (no child), a failure that no sync had.
+    script += 'pids=""; for i in 1 2 3 4 5 6; do "$@" & pids="$pids $!"; done; fail=0; '
+    script += 'for p in $pids; do wait "$p" || { echo "exit=$?"; fail=$((fail + 1)); }; done; '
+    script += "echo failed=$fail"
     argv = cli_argv(root, kfs, "sync")
     done = subprocess.run(
         ["unshare", "--mount", "bash", "-c", script, "sh", str(root), *argv],
