@@ -42,7 +42,9 @@ for d in usr etc var; do
         -o "lowerdir=/$d,upperdir=$KH_OVERLAY/$d.upper,workdir=$KH_OVERLAY/$d.work" "/$d"
 done
 if [ -d /run/systemd ]; then mount -t tmpfs tmpfs /run/systemd; fi
-dpkg -i "$KH_DEB" >/dev/null
+# As on a user's machine: py3compile must put the bytecode beside the package (the installed
+# tool runs with -I and ignores PYTHONPYCACHEPREFIX), so the harness's prefix is not passed on.
+env -u PYTHONPYCACHEPREFIX -u PYTHONDONTWRITEBYTECODE dpkg -i "$KH_DEB" >/dev/null
 exec "$@"
 """
 
