@@ -248,8 +248,8 @@ def vmlinux_h_remark(state: VmlinuxH | None, release: str) -> str | None:
         return "the tree was made by a version without vmlinux.h: `sync --force` adds it"
     if state is VmlinuxH.NO_BTF:
         return (
-            f"kernel {release} has no BTF (CONFIG_DEBUG_INFO_BTF): the tree has no vmlinux.h "
-            "for libbpf CO-RE programs"
+            f"no BTF was found for kernel {release} (/sys/kernel/btf/vmlinux, or the image's .BTF; "
+            "CONFIG_DEBUG_INFO_BTF): the tree has no vmlinux.h for libbpf CO-RE programs"
         )
     if state is VmlinuxH.NO_BPFTOOL:
         return (
