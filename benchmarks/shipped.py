@@ -19,31 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from benchmarks.harness import REPO, VENV_PYTHON, interleaved, run
+from benchmarks.private_root import copy_source, private_root_argv
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 INSTALLED_TOOL = "/usr/bin/kheaders-pkg"
 INSTALLED_CONDITION = "/usr/lib/kheaders-pkg/kheaders-pkg-condition"
-# Never copied into the package's source: environments, caches, scratch output.
-_SKIP = {".venv", ".git", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
-_SKIP |= {"scratch", "results"}
-
-_NAMESPACE = """\
-set -eu
-mount -t tmpfs tmpfs "$KH_OVERLAY"
-for d in usr etc var; do
-    mkdir -p "$KH_OVERLAY/$d.upper" "$KH_OVERLAY/$d.work"
-    mount -t overlay overlay \\
-        -o "lowerdir=/$d,upperdir=$KH_OVERLAY/$d.upper,workdir=$KH_OVERLAY/$d.work" "/$d"
-done
-if [ -d /run/systemd ]; then mount -t tmpfs tmpfs /run/systemd; fi
-# As on a user's machine: py3compile must put the bytecode beside the package (the installed
-# tool runs with -I and ignores PYTHONPYCACHEPREFIX), so the harness's prefix is not passed on.
+# After benchmarks/private_root.NAMESPACE_SETUP. As on a user's machine: py3compile must put the
+# bytecode beside the package (the installed tool runs with -I and ignores PYTHONPYCACHEPREFIX),
+# so the harness's prefix is not passed on.
+_INSTALL_AND_RUN = """\
 env -u PYTHONPYCACHEPREFIX -u PYTHONDONTWRITEBYTECODE dpkg -i "$KH_DEB" >/dev/null
 exec "$@"
 """
@@ -51,7 +40,7 @@ exec "$@"
 
 def build_deb(workdir: Path) -> Path:
     src = workdir / "deb" / "kheaders-pkg"
-    shutil.copytree(REPO, src, ignore=lambda _d, names: [n for n in names if n in _SKIP])
+    copy_source(src)
     run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=src)
     (deb,) = src.parent.glob("kheaders-pkg_*_all.deb")
     return deb
@@ -83,7 +72,7 @@ def measure(
     env["DEBIAN_FRONTEND"] = "noninteractive"
     env["PYTHONPATH"] = str(REPO)
     p = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", _NAMESPACE, "sh", *inside],
+        private_root_argv(_INSTALL_AND_RUN, *inside),
         env=env,
         capture_output=True,
         text=True,

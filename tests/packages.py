@@ -5,32 +5,21 @@ installed at their real paths: /usr, /etc and /var are overlays whose changes va
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from benchmarks.private_root import copy_source, private_root_argv
+
 REPO = Path(__file__).resolve().parent.parent
-# What a source package never holds: virtual environments, caches, and scratch output of
-# scripts/demo and the benchmarks (it contains symlinks into a scratch root).
-SKIP = {
-    ".venv",
-    ".git",
-    "__pycache__",
-    ".pytest_cache",
-    ".mypy_cache",
-    ".ruff_cache",
-    "scratch",
-    "results",
-}
 
 
 @pytest.fixture(scope="session")
 def built_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("deb")
     src = work / "kheaders-pkg"
-    shutil.copytree(REPO, src, ignore=lambda _d, names: [n for n in names if n in SKIP])
+    copy_source(src)
     result = subprocess.run(
         ["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=src, capture_output=True, text=True
     )
@@ -63,28 +52,13 @@ def built_rpm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return rpm
 
 
-# Overlays over the host's /usr, /etc and /var (merged /usr: /lib is usr/lib), on a tmpfs that
-# only this namespace sees; /run/systemd is hidden so no maintainer script talks to a systemd.
-_NAMESPACE_SETUP = """\
-set -eu
-mount -t tmpfs tmpfs "$KH_OVERLAY"
-for d in usr etc var; do
-    mkdir -p "$KH_OVERLAY/$d.upper" "$KH_OVERLAY/$d.work"
-    mount -t overlay overlay \\
-        -o "lowerdir=/$d,upperdir=$KH_OVERLAY/$d.upper,workdir=$KH_OVERLAY/$d.work" "/$d"
-done
-if [ -d /run/systemd ]; then mount -t tmpfs tmpfs /run/systemd; fi
-set +e
-"""
-
-
 def in_private_root(script: str, work: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run `script` (sh) as root in a private mount namespace whose /usr, /etc and /var take
-    writes that nobody else sees and that vanish when it ends."""
+    """Run `script` (sh, not stopping at a failed command) as root in a private mount namespace
+    whose /usr, /etc and /var take writes that nobody else sees and that vanish when it ends."""
     overlay = work / "overlay"
     overlay.mkdir(exist_ok=True)
     return subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", _NAMESPACE_SETUP + script],
+        private_root_argv("set +e\n" + script),
         env={**os.environ, "KH_OVERLAY": str(overlay), "DEBIAN_FRONTEND": "noninteractive", **env},
         capture_output=True,
         text=True,
