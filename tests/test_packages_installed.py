@@ -91,26 +91,41 @@ def _env(tmp_path: Path, package: Path) -> dict[str, str]:
     }
 
 
+_LEFT = 'echo "left=$(ls -A /usr/share/kheaders-pkg 2>/dev/null | wc -l)"\n'
+
+
+def _install_use_remove(
+    install: str, remove: str, package: Path, tmp_path: Path, after: str = ""
+) -> dict[str, str]:
+    """`install` the package, exercise the tool, `remove` the package, then run `after`, in a
+    private root; checks what every package must do and returns the facts."""
+    script = (
+        f'{install} >"$W/pkg.log" 2>&1 || {{ cat "$W/pkg.log"; exit 1; }}\n'
+        + _EXERCISE
+        + _REAL_TREE
+        + f'{remove} >>"$W/pkg.log" 2>&1; echo "removed=$?"\n'
+        + _REAL_TREE_LEFT
+        + _LEFT
+        + after
+    )
+    p = in_private_root(script, tmp_path, **_env(tmp_path, package))
+    assert p.returncode == 0, p.stdout + p.stderr
+    facts = _facts(p.stdout)
+    _check_exercise(facts, tmp_path)
+    assert facts["removed"] == "0" and facts["left"] == "0", p.stdout
+    _check_real_tree_removed(facts)
+    return facts
+
+
 @pytest.mark.integration
 def test_deb_installed_runs_the_fast_path_with_compiled_bytecode(
     built_deb: Path, tmp_path: Path
 ) -> None:
-    script = (
-        'dpkg -i "$PKG" >"$W/dpkg.log" 2>&1 || { cat "$W/dpkg.log"; exit 1; }\n'
-        + _EXERCISE
-        + _REAL_TREE
-        + 'dpkg --purge kheaders-pkg >>"$W/dpkg.log" 2>&1; echo "purge=$?"\n'
-        + _REAL_TREE_LEFT
-        + 'echo "left=$(ls -A /usr/share/kheaders-pkg 2>/dev/null | wc -l)"\n'
-        + 'echo "unit_left=$(ls /lib/systemd/system/kheaders-pkg* 2>/dev/null | wc -l)"\n'
+    units = 'echo "unit_left=$(ls /lib/systemd/system/kheaders-pkg* 2>/dev/null | wc -l)"\n'
+    facts = _install_use_remove(
+        'dpkg -i "$PKG"', "dpkg --purge kheaders-pkg", built_deb, tmp_path, after=units
     )
-    p = in_private_root(script, tmp_path, **_env(tmp_path, built_deb))
-    assert p.returncode == 0, p.stdout + p.stderr
-    facts = _facts(p.stdout)
-    _check_exercise(facts, tmp_path)
-    assert facts["purge"] == "0" and facts["left"] == "0", p.stdout
     assert facts["unit_left"] == "0"
-    _check_real_tree_removed(facts)
 
 
 @pytest.mark.integration
@@ -119,19 +134,5 @@ def test_rpm_installed_runs_the_fast_path_with_compiled_bytecode(
 ) -> None:
     # Debian's rpm wants --force-debian on a dpkg-managed system; its own database in /var.
     rpm = "rpm --dbpath /var/lib/kh-rpm --force-debian"
-    script = (
-        "rpm --dbpath /var/lib/kh-rpm --initdb && "
-        f'{rpm} -i --nodeps "$PKG" >"$W/rpm.log" 2>&1 '
-        '|| { cat "$W/rpm.log"; exit 1; }\n'
-        + _EXERCISE
-        + _REAL_TREE
-        + f'{rpm} -e kheaders-pkg >>"$W/rpm.log" 2>&1; echo "erase=$?"\n'
-        + _REAL_TREE_LEFT
-        + 'echo "left=$(ls -A /usr/share/kheaders-pkg 2>/dev/null | wc -l)"\n'
-    )
-    p = in_private_root(script, tmp_path, **_env(tmp_path, built_rpm))
-    assert p.returncode == 0, p.stdout + p.stderr
-    facts = _facts(p.stdout)
-    _check_exercise(facts, tmp_path)
-    assert facts["erase"] == "0" and facts["left"] == "0", p.stdout
-    _check_real_tree_removed(facts)
+    install = f'rpm --dbpath /var/lib/kh-rpm --initdb && {rpm} -i --nodeps "$PKG"'
+    _install_use_remove(install, f"{rpm} -e kheaders-pkg", built_rpm, tmp_path)
