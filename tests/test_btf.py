@@ -157,12 +157,18 @@ def test_tree_made_before_boot_from_the_installed_files_is_the_tree_made_after_b
     assert live == installed
 
 
+@pytest.fixture
+def kfs(tmp_path: Path) -> Path:
+    """A writable copy of kh-a's kernel filesystem, for the tests that change what it shows."""
+    return copy_sysroot(corpus_kernel(KH_A), tmp_path / "kfs")
+
+
 @pytest.mark.integration
 def test_resync_shares_an_unchanged_vmlinux_h_with_the_previous_generation(
+    kfs: Path,
     tmp_path: Path,
 ) -> None:
     kernel = corpus_kernel(KH_A)
-    kfs = copy_sysroot(kernel, tmp_path / "kfs")
     root = tmp_path / "root"
     assert run_cli(root, kfs, "sync").returncode == 0
     first = tree_of(root, kernel.release)
@@ -173,9 +179,10 @@ def test_resync_shares_an_unchanged_vmlinux_h_with_the_previous_generation(
 
 
 @pytest.mark.integration
-def test_kernel_without_btf_gets_a_tree_without_vmlinux_h_and_a_remark(tmp_path: Path) -> None:
+def test_kernel_without_btf_gets_a_tree_without_vmlinux_h_and_a_remark(
+    kfs: Path, tmp_path: Path
+) -> None:
     kernel = corpus_kernel(KH_A)
-    kfs = copy_sysroot(kernel, tmp_path / "kfs")
     (kfs / "sys/kernel/btf/vmlinux").unlink()
     root = tmp_path / "root"
     done = run_cli(root, kfs, "sync")
@@ -192,10 +199,10 @@ def test_kernel_without_btf_gets_a_tree_without_vmlinux_h_and_a_remark(tmp_path:
 
 @pytest.mark.integration
 def test_without_bpftool_the_tree_is_published_and_status_says_what_is_missing(
+    kfs: Path,
     tmp_path: Path,
 ) -> None:
     kernel = corpus_kernel(KH_A)
-    kfs = copy_sysroot(kernel, tmp_path / "kfs")
     root = tmp_path / "root"
     bare = tmp_path / "bin"  # a PATH without bpftool
     bare.mkdir()
@@ -218,9 +225,10 @@ def test_without_bpftool_the_tree_is_published_and_status_says_what_is_missing(
 
 
 @pytest.mark.integration
-def test_unreadable_btf_leaves_the_headers_published_with_a_warning(tmp_path: Path) -> None:
+def test_unreadable_btf_leaves_the_headers_published_with_a_warning(
+    kfs: Path, tmp_path: Path
+) -> None:
     kernel = corpus_kernel(KH_A)
-    kfs = copy_sysroot(kernel, tmp_path / "kfs")
     btf = kfs / "sys/kernel/btf/vmlinux"
     btf.write_bytes(btf.read_bytes()[:-100])  # truncated
     root = tmp_path / "root"
@@ -261,9 +269,8 @@ def test_core_program_using_task_struct_and_file_compiles_against_the_tree(
 
 
 @pytest.mark.integration
-def test_emitted_deb_and_rpm_carry_vmlinux_h(tmp_path: Path) -> None:
+def test_emitted_deb_and_rpm_carry_vmlinux_h(kfs: Path, tmp_path: Path) -> None:
     kernel = corpus_kernel(KH_A)
-    kfs = copy_sysroot(kernel, tmp_path / "kfs")
     root = tmp_path / "root"
     env = {**os.environ, "HOME": str(tmp_path)}  # rpmbuild's macros and database: not ours
     assert run_cli(root, kfs, "sync").returncode == 0
@@ -282,9 +289,8 @@ def test_emitted_deb_and_rpm_carry_vmlinux_h(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_verify_catches_a_changed_vmlinux_h(tmp_path: Path) -> None:
+def test_verify_catches_a_changed_vmlinux_h(kfs: Path, tmp_path: Path) -> None:
     kernel = corpus_kernel(KH_A)
-    kfs = copy_sysroot(kernel, tmp_path / "kfs")
     root = tmp_path / "root"
     assert run_cli(root, kfs, "sync").returncode == 0
     assert run_cli(root, kfs, "verify").returncode == 0
