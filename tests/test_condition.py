@@ -16,44 +16,21 @@ import pytest
 from kheaders_pkg.condition import RUN, SKIP, condition_exit
 from kheaders_pkg.errors import ExitCode
 from kheaders_pkg.hooks import HookSystem, find_data_dir, stage_hooks
-from tests.conftest import TOOL, copy_sysroot, corpus_kernel, run_cli
-
-KH_A = corpus_kernel("kh-6.1.192-kh-a")
-KH_B = corpus_kernel("kh-6.1.192-kh-b")
-RELEASE = KH_A.release
+from tests.boot_states import (
+    KH_A,
+    copy_root,
+    foreign_tree,
+    fresh,
+    missing,
+    rebuilt_kernel,
+    synced_root,
+)
+from tests.conftest import TOOL, copy_sysroot, run_cli
 
 
 @pytest.fixture(scope="module")
 def synced(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("condition") / "root"
-    root.mkdir()
-    p = run_cli(root, KH_A.sysroot, "-q", "sync")
-    assert p.returncode == 0, p.stderr
-    return root
-
-
-def _fresh(synced: Path, work: Path) -> tuple[Path, Path]:
-    return synced, KH_A.sysroot
-
-
-def _missing(synced: Path, work: Path) -> tuple[Path, Path]:
-    (work / "root").mkdir()
-    return work / "root", KH_A.sysroot
-
-
-def _stale(synced: Path, work: Path) -> tuple[Path, Path]:
-    return synced, KH_B.sysroot  # same release, another build
-
-
-def _foreign_stale(synced: Path, work: Path) -> tuple[Path, Path]:
-    root = work / "root"
-    tree = root / "usr/src/kernels" / RELEASE
-    tree.mkdir(parents=True)
-    (tree / "vmlinux.id").write_text("00" * 20 + "\n")  # Fedora's kernel-devel names its build
-    modules = root / "lib/modules" / RELEASE
-    modules.mkdir(parents=True)
-    (modules / "build").symlink_to(f"/usr/src/kernels/{RELEASE}")
-    return root, KH_A.sysroot
+    return synced_root(tmp_path_factory, "condition")
 
 
 def _unsupported(synced: Path, work: Path) -> tuple[Path, Path]:
@@ -74,8 +51,7 @@ def _bad_notes(synced: Path, work: Path) -> tuple[Path, Path]:
 
 
 def _bad_config_file(synced: Path, work: Path) -> tuple[Path, Path]:
-    root = work / "root"
-    subprocess.run(["cp", "-a", str(synced), str(root)], check=True)
+    root = copy_root(synced, work)
     (root / "etc").mkdir(exist_ok=True)
     (root / "etc/kheaders-pkg.toml").write_text("no_such_key = 1\n")
     return root, KH_A.sysroot
@@ -83,10 +59,10 @@ def _bad_config_file(synced: Path, work: Path) -> tuple[Path, Path]:
 
 # state -> (check's exit code, whether the line on stderr is an error the journal must keep)
 CASES: dict[str, tuple[Callable[[Path, Path], tuple[Path, Path]], ExitCode, bool]] = {
-    "fresh": (_fresh, ExitCode.OK, False),
-    "missing": (_missing, ExitCode.NEEDS_SYNC, False),
-    "stale": (_stale, ExitCode.NEEDS_SYNC, False),
-    "foreign-stale": (_foreign_stale, ExitCode.FOREIGN_STALE, False),
+    "fresh": (fresh, ExitCode.OK, False),
+    "missing": (missing, ExitCode.NEEDS_SYNC, False),
+    "stale": (rebuilt_kernel, ExitCode.NEEDS_SYNC, False),
+    "foreign-stale": (foreign_tree("00" * 20), ExitCode.FOREIGN_STALE, False),
     "unsupported": (_unsupported, ExitCode.UNSUPPORTED, False),
     "unreadable kernel notes": (_bad_notes, ExitCode.BAD_KERNEL, True),
     "invalid configuration": (_bad_config_file, ExitCode.CONFIG, True),

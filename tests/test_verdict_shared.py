@@ -16,12 +16,19 @@ from pathlib import Path
 import pytest
 
 from kheaders_pkg.layout import STAMP_NAME
-from tests.conftest import REPO, copy_sysroot, corpus_kernel, run_cli
+from tests.boot_states import (
+    KH_A,
+    RELEASE,
+    copy_root,
+    foreign_tree,
+    fresh,
+    missing,
+    rebuilt_kernel,
+    synced_root,
+)
+from tests.conftest import REPO, copy_sysroot, run_cli
 
 LIB = REPO / "hooks/lib/kheaders-pkg-verdict.sh"
-KH_A = corpus_kernel("kh-6.1.192-kh-a")
-KH_B = corpus_kernel("kh-6.1.192-kh-b")
-RELEASE = KH_A.release
 
 # The shell's words and verdict.py's kinds that mean the same to the boot unit.
 AGREE = {
@@ -34,34 +41,11 @@ AGREE = {
 
 @pytest.fixture(scope="module")
 def synced(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shared-verdict") / "root"
-    root.mkdir()
-    p = run_cli(root, KH_A.sysroot, "-q", "sync")
-    assert p.returncode == 0, p.stderr
-    return root
-
-
-def _copy(synced: Path, work: Path) -> Path:
-    root = work / "root"
-    subprocess.run(["cp", "-a", str(synced), str(root)], check=True)
-    return root
+    return synced_root(tmp_path_factory, "shared-verdict")
 
 
 def _tree(root: Path) -> Path:
     return root / os.readlink(root / "lib/modules" / RELEASE / "build").lstrip("/")
-
-
-def _fresh(synced: Path, work: Path) -> tuple[Path, Path]:
-    return synced, KH_A.sysroot
-
-
-def _missing(synced: Path, work: Path) -> tuple[Path, Path]:
-    (work / "root").mkdir()
-    return work / "root", KH_A.sysroot
-
-
-def _rebuilt_kernel(synced: Path, work: Path) -> tuple[Path, Path]:
-    return synced, KH_B.sysroot
 
 
 def _changed_config(synced: Path, work: Path) -> tuple[Path, Path]:
@@ -72,26 +56,12 @@ def _changed_config(synced: Path, work: Path) -> tuple[Path, Path]:
 
 
 def _stamp_for_another_release(synced: Path, work: Path) -> tuple[Path, Path]:
-    root = _copy(synced, work)
+    root = copy_root(synced, work)
     stamp = _tree(root) / STAMP_NAME
     data = json.loads(stamp.read_text())
     data["release"] = "6.1.192-other"
     stamp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     return root, KH_A.sysroot
-
-
-def _foreign(build_id: str) -> Callable[[Path, Path], tuple[Path, Path]]:
-    def make(synced: Path, work: Path) -> tuple[Path, Path]:
-        root = work / "root"
-        tree = root / "usr/src/kernels" / RELEASE
-        (tree / "include/linux").mkdir(parents=True)
-        (tree / "vmlinux.id").write_text(build_id + "\n")  # as Fedora's kernel-devel ships it
-        modules = root / "lib/modules" / RELEASE
-        modules.mkdir(parents=True)
-        (modules / "build").symlink_to(f"/usr/src/kernels/{RELEASE}")
-        return root, KH_A.sysroot
-
-    return make
 
 
 def _dangling(synced: Path, work: Path) -> tuple[Path, Path]:
@@ -104,18 +74,18 @@ def _dangling(synced: Path, work: Path) -> tuple[Path, Path]:
 
 # state -> (what the shell says, what verdict.py says)
 CASES: dict[str, tuple[Callable[[Path, Path], tuple[Path, Path]], str, str]] = {
-    "our fresh tree": (_fresh, "fresh", "fresh"),
-    "no tree": (_missing, "missing", "missing"),
+    "our fresh tree": (fresh, "fresh", "fresh"),
+    "no tree": (missing, "missing", "missing"),
     "dangling link": (_dangling, "missing", "missing"),
-    "rebuilt kernel, same release": (_rebuilt_kernel, "stale", "stale"),
+    "rebuilt kernel, same release": (rebuilt_kernel, "stale", "stale"),
     "changed config": (_changed_config, "stale", "stale"),
     "stamp of another release": (_stamp_for_another_release, "stale", "stale"),
     "foreign tree, this build": (
-        _foreign(str(KH_A.expected["build_id"])),
+        foreign_tree(str(KH_A.expected["build_id"])),
         "fresh",
         "foreign-fresh",
     ),
-    "foreign tree, another build": (_foreign("00" * 20), "foreign", "foreign-stale"),
+    "foreign tree, another build": (foreign_tree("00" * 20), "foreign", "foreign-stale"),
 }
 
 
