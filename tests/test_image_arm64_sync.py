@@ -104,16 +104,18 @@ def prepared(corpus: CorpusKernel, tmp_path_factory: pytest.TempPathFactory) -> 
     return root
 
 
+def _emit(root: Path, corpus: CorpusKernel, fmt: str, out: Path) -> Path:
+    """The package `kheaders-pkg emit` writes for the arm64 kernel's tree in `root`."""
+    done = run_cli(root, None, "emit", "--format", fmt, "--kernel", corpus.release, "--out", out)
+    assert done.returncode == 0, done.stderr
+    return Path(done.stdout.strip())
+
+
 @pytest.mark.integration
 def test_emitted_deb_is_arm64_and_installs_with_force_architecture(
     corpus: CorpusKernel, prepared: Path, tmp_path: Path
 ) -> None:
-    done = run_cli(
-        prepared, None, "emit", "--format", "deb", "--kernel", corpus.release,
-        "--out", tmp_path / "out",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    deb = Path(done.stdout.strip())
+    deb = _emit(prepared, corpus, "deb", tmp_path / "out")
     assert deb.name.endswith("_arm64.deb")
     field = subprocess.run(
         ["dpkg-deb", "-f", deb, "Architecture"], capture_output=True, text=True, check=True
@@ -145,12 +147,7 @@ def test_emitted_deb_is_arm64_and_installs_with_force_architecture(
 def test_emitted_rpm_is_aarch64_and_installs_with_ignorearch(
     corpus: CorpusKernel, prepared: Path, tmp_path: Path
 ) -> None:
-    done = run_cli(
-        prepared, None, "emit", "--format", "rpm", "--kernel", corpus.release,
-        "--out", tmp_path / "out",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    package = Path(done.stdout.strip())
+    package = _emit(prepared, corpus, "rpm", tmp_path / "out")
     assert package.name.endswith(".aarch64.rpm")
     query = ["rpm", "-qp", "--qf", "%{ARCH}", str(package)]
     assert subprocess.run(query, capture_output=True, text=True, check=True).stdout == "aarch64"
