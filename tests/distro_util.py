@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from kheaders_pkg.archive.manifest import Entry, render_manifest
-from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME
+from kheaders_pkg.distro import register_tree
+from kheaders_pkg.layout import MANIFEST_NAME, STAMP_NAME, Layout
 from kheaders_pkg.stamp import ArchiveSource, ConfigSource, Stamp, read_stamp
-from tests.conftest import CorpusKernel
+from tests.conftest import CorpusKernel, corpus_kernel
 
 # A header every tree has, to ask the package managers who owns it.
 HEADER = "include/linux/kconfig.h"
@@ -94,6 +95,34 @@ def make_tree(kernel: CorpusKernel, root: Path, generation: int = 1) -> Path:
     )
     write_manifest_and_stamp(tree, stamp)
     return tree
+
+
+def generated_tree(
+    request: pytest.FixtureRequest, factory: pytest.TempPathFactory, prefix: str
+) -> GeneratedTree:
+    """The packaging tests' `generated`: `request.param`'s kernel as a tree in its own root."""
+    kernel = corpus_kernel(str(request.param))
+    root = factory.mktemp(f"{prefix}-{kernel.name}")
+    return GeneratedTree(kernel, root, make_tree(kernel, root))
+
+
+def link_tree_into(root: Path, generated: GeneratedTree) -> Path:
+    """`generated`'s tree hard-linked at its place under `root`: the package managers replace
+    files by rename, so the shared tree is never written."""
+    dest = root / generated.tree.relative_to(generated.root)
+    dest.parent.mkdir(parents=True)
+    shutil.copytree(generated.tree, dest, symlinks=True, copy_function=os.link)
+    return dest
+
+
+def register_two_generations(root: Path, generated: GeneratedTree) -> tuple[Path, Path]:
+    """Generation 1 of `generated`'s tree in `root` registered, then generation 2 over it."""
+    layout = Layout(root=root)
+    first = root / generated.inside.lstrip("/")
+    register_tree(layout, first)
+    second = next_generation(first)
+    register_tree(layout, second)
+    return first, second
 
 
 def expected_version(tree: Path) -> str:

@@ -42,9 +42,11 @@ from tests.distro_util import (
     ONE_KERNEL,
     GeneratedTree,
     expected_version,
+    generated_tree,
     link_build,
-    make_tree,
+    link_tree_into,
     next_generation,
+    register_two_generations,
     tool,
 )
 
@@ -66,9 +68,7 @@ def rpm_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def generated(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> GeneratedTree:
-    kernel = corpus_kernel(str(request.param))
-    root = tmp_path_factory.mktemp(f"tree-{kernel.name}")
-    return GeneratedTree(kernel, root, make_tree(kernel, root))
+    return generated_tree(request, tmp_path_factory, "tree")
 
 
 @pytest.fixture(scope="module")
@@ -88,18 +88,14 @@ def scratch_root(path: Path, generated: GeneratedTree | None = None) -> Path:
     (admin / "status").touch()
     (path / "var/log").mkdir(parents=True)
     if generated is not None:
-        dest = path / generated.tree.relative_to(generated.root)
-        dest.parent.mkdir(parents=True)
-        shutil.copytree(generated.tree, dest, symlinks=True, copy_function=os.link)
+        link_tree_into(path, generated)
     return path
 
 
 def rpm_root(path: Path, generated: GeneratedTree) -> Path:
     """A root with an initialised rpmdb (and no dpkg database) and the tree in place."""
     path.mkdir()
-    dest = path / generated.tree.relative_to(generated.root)
-    dest.parent.mkdir(parents=True)
-    shutil.copytree(generated.tree, dest, symlinks=True, copy_function=os.link)
+    link_tree_into(path, generated)
     (path / "var/lib/rpm").mkdir(parents=True)
     tool(["rpm", "--root", path, "--dbpath", "/var/lib/rpm", "--initdb"])
     return path
@@ -230,11 +226,8 @@ def test_plain_dpkg_installs_and_removes_the_emitted_deb(
 @ONE_KERNEL
 def test_new_generation_upgrades_the_same_package(generated: GeneratedTree, tmp_path: Path) -> None:
     root = scratch_root(tmp_path / "root", generated)
+    first, second = register_two_generations(root, generated)
     layout = Layout(root=root)
-    first = root / generated.inside.lstrip("/")
-    register_tree(layout, first)
-    second = next_generation(first)
-    register_tree(layout, second)
     name = deb_package_name(generated.release)
     status = dpkg(root, "-s", name).stdout
     assert f"Version: {expected_version(second)}" in status

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -51,9 +50,11 @@ from tests.distro_util import (
     ONE_KERNEL,
     GeneratedTree,
     expected_version,
+    generated_tree,
     link_build,
+    link_tree_into,
     make_tree,
-    next_generation,
+    register_two_generations,
     tool,
 )
 
@@ -64,9 +65,7 @@ pytestmark = pytest.mark.integration
 def generated(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> GeneratedTree:
-    kernel = corpus_kernel(str(request.param))
-    root = tmp_path_factory.mktemp(f"pacman-tree-{kernel.name}")
-    return GeneratedTree(kernel, root, make_tree(kernel, root))
+    return generated_tree(request, tmp_path_factory, "pacman-tree")
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +106,7 @@ def arch_root(path: Path, generated: GeneratedTree | None = None) -> Path:
     (path / "var/lib/pacman/local").mkdir(parents=True)
     (path / "var/log").mkdir(parents=True)
     if generated is not None:
-        dest = path / generated.tree.relative_to(generated.root)
-        dest.parent.mkdir(parents=True)
-        shutil.copytree(generated.tree, dest, symlinks=True, copy_function=os.link)
+        link_tree_into(path, generated)
     return path
 
 
@@ -328,11 +325,8 @@ def test_new_generation_upgrades_the_record_and_keeps_the_old_files(
     generated: GeneratedTree, tmp_path: Path
 ) -> None:
     root = arch_root(tmp_path / "root", generated)
+    first, second = register_two_generations(root, generated)
     layout = Layout(root=root)
-    first = root / generated.inside.lstrip("/")
-    register_tree(layout, first)
-    second = next_generation(first)
-    register_tree(layout, second)
     name = pacman_package_name(generated.release)
     assert pacman(root, "-Q", name).stdout.split() == [name, f"{expected_version(second)}-1"]
     assert Pacman.installed_version(layout, name) == f"{expected_version(second)}-1"
