@@ -366,8 +366,11 @@ def read_manifest(layout: Layout) -> HooksManifest | None:
 
 def _write_manifest(layout: Layout, manifest: HooksManifest) -> None:
     path = manifest_path(layout)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_file(path, manifest.to_json().encode(), 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_file(path, manifest.to_json().encode(), 0o644)
+    except OSError as e:
+        raise FilesystemError(f"cannot write the hooks manifest {path}: {e.strerror}") from None
 
 
 def stage_hooks(
@@ -405,16 +408,26 @@ def install_hooks(layout: Layout, system: HookSystem | None, executable: str) ->
     dirs: list[str] = list(previous.dirs) if previous else []
     written: list[Path] = []
     try:
+        # A root that does not exist yet is made, as `sync` makes one (an image being assembled).
+        layout.host("/").mkdir(mode=0o755, parents=True, exist_ok=True)
         for hook in rendered:
-            dirs += [d for d in _make_parents(layout, hook.dest) if d not in dirs]
             path = layout.host(hook.dest)
-            _write_file(path, hook.content, hook.mode)
+            try:
+                dirs += [d for d in _make_parents(layout, hook.dest) if d not in dirs]
+                _write_file(path, hook.content, hook.mode)
+            except OSError as e:
+                raise FilesystemError(
+                    f"cannot write {path}: {e.strerror}; the files written so far are recorded "
+                    "for `hooks remove`"
+                ) from None
             files[hook.dest] = hook.sha256
             written.append(path)
     finally:
-        # Record what is on disk now, even after a failure half way, so remove can clean up.
+        # Record what is on disk now, even after a failure half way, so remove can clean up
+        # (nothing to record when nothing was ever written: a read-only root says so above).
         kept = {k: v for k, v in ours.items() if k not in files}
-        _write_manifest(layout, HooksManifest(system, executable, {**kept, **files}, dirs))
+        if previous is not None or files or dirs:
+            _write_manifest(layout, HooksManifest(system, executable, {**kept, **files}, dirs))
     stale = {k: v for k, v in ours.items() if k not in files}
     if stale:
         _remove_recorded(layout, HooksManifest(system, executable, stale, []))

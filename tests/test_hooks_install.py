@@ -3,6 +3,7 @@ exactly."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from kheaders_pkg.hooks import (
     remove_hooks,
 )
 from kheaders_pkg.layout import Layout
+from tests.conftest import cli_argv, run_cli
 
 EXE = "/opt/kh/bin/kheaders-pkg"
 
@@ -142,3 +144,36 @@ def test_reinstall_for_another_system_drops_the_hooks_no_longer_needed(tmp_path:
 def test_unsafe_executable_is_refused(tmp_path: Path, exe: str) -> None:
     with pytest.raises(UsageError):
         install_hooks(_layout(tmp_path), HookSystem.GENERIC, exe)
+
+
+def test_the_command_lays_hooks_into_a_root_that_does_not_exist_yet_and_takes_them_back(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "image" / "root"  # an image being assembled: not there yet
+    done = run_cli(root, None, "hooks", "install", "--system", "debian")
+    assert done.returncode == 0, done.stderr
+    assert (root / "usr/lib/systemd/system/kheaders-pkg.service").is_file()
+    done = run_cli(root, None, "hooks", "remove")
+    assert done.returncode == 0, done.stderr
+    assert not (root / "usr").exists() and not (root / "etc").exists()
+
+
+@pytest.mark.integration
+def test_the_command_on_a_read_only_root_is_one_line_exit_8_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    argv = cli_argv(root, None, "hooks", "install")
+    done = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script, "sh", str(root), *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 8, done.stderr
+    assert done.stderr.count("\n") == 1 and "Read-only file system" in done.stderr
+    assert "internal error" not in done.stderr
+    assert sorted(p.name for p in root.iterdir()) == ["etc"]
