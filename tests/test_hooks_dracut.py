@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parent.parent
 DRACUT = Path("/usr/lib/dracut")
 
 
-def dracut_base_with_our_module(base: Path) -> Path:
+def dracut_base_with(base: Path, our_module: Path) -> Path:
     """A dracutbasedir (honoured from the environment by dracut 059) holding the system's
-    files and modules plus ours, so the test never writes into /usr/lib/dracut."""
+    files and modules plus `our_module` (linked), so a test never writes into /usr/lib/dracut."""
     base.mkdir()
     for entry in DRACUT.iterdir():
         if entry.name != "modules.d":
@@ -26,7 +26,7 @@ def dracut_base_with_our_module(base: Path) -> Path:
     modules.mkdir()
     for module in (DRACUT / "modules.d").iterdir():
         (modules / module.name).symlink_to(module)
-    shutil.copytree(REPO / "hooks/dracut/90kheaders-pkg", modules / "90kheaders-pkg")
+    (modules / our_module.name).symlink_to(our_module)
     return base
 
 
@@ -43,7 +43,9 @@ def test_dracut_image_holds_kheaders_ko_and_our_hook(name: str, tmp_path: Path) 
     image = tmp_path / "initrd.img"
     env = {
         **os.environ,
-        "dracutbasedir": str(dracut_base_with_our_module(tmp_path / "dracut")),
+        "dracutbasedir": str(
+            dracut_base_with(tmp_path / "dracut", REPO / "hooks/dracut/90kheaders-pkg")
+        ),
         "KHEADERS_PKG_HOOKLIB": str(REPO / "hooks/lib/kheaders-pkg-verdict.sh"),
         "TMPDIR": str(tmp_path),
     }

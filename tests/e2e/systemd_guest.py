@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import CorpusKernel
+from tests.test_hooks_dracut import dracut_base_with
 
 from . import vm
 
@@ -47,7 +48,6 @@ GUEST_SYSTEMD = vm.GUEST_DIR / "systemd"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
 ROOT_PACKAGES = ("systemd", "systemd-sysv", "python3", "python3-jinja2", "kmod")
-DRACUT = Path("/usr/lib/dracut")
 # Where the .deb puts our dracut module and verdict library, inside the root.
 PACKAGED_DRACUT_MODULE = "usr/lib/dracut/modules.d/90kheaders-pkg"
 PACKAGED_HOOKLIB = "usr/lib/kheaders-pkg/kheaders-pkg-verdict.sh"
@@ -191,18 +191,7 @@ def install_guest_units(root: SystemdRoot) -> None:
 def dracut_base(work: Path, root: SystemdRoot) -> Path:
     """A dracutbasedir with the host's dracut and modules, plus our module as the .deb put it in
     the root (dracut 059 takes dracutbasedir from the environment)."""
-    base = work / "dracut"
-    base.mkdir()
-    for entry in DRACUT.iterdir():
-        if entry.name != "modules.d":
-            (base / entry.name).symlink_to(entry)
-    modules = base / "modules.d"
-    modules.mkdir()
-    for module in (DRACUT / "modules.d").iterdir():
-        (modules / module.name).symlink_to(module)
-    ours = root.path / PACKAGED_DRACUT_MODULE
-    (modules / ours.name).symlink_to(ours)
-    return base
+    return dracut_base_with(work / "dracut", root.path / PACKAGED_DRACUT_MODULE)
 
 
 def build_initramfs(root: SystemdRoot, work: Path) -> Path:
